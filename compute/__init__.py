@@ -1,0 +1,1 @@
+"""Pure data and ML code for stockpipe: no Prefect imports, callable from tests and scripts."""

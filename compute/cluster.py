@@ -1,0 +1,76 @@
+"""Connecting to Ray and fanning work out over it, with progress reported as tasks finish."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import ray
+
+from compute.settings import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Quiet Ray's own start-up chatter and telemetry (there is no network here to send it to).
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+_dashboard_url: str | None = None
+
+
+def connect(settings: Settings) -> str | None:
+    """Join RAY_ADDRESS's cluster, or start a local one; return the dashboard URL if there is one."""
+    global _dashboard_url
+    if not ray.is_initialized():
+        if settings.ray_address:
+            context = ray.init(address=settings.ray_address, logging_level=logging.WARNING)
+        else:
+            # address="local" never attaches to a cluster that happens to be running on this host.
+            context = ray.init(
+                address="local",
+                include_dashboard=True,
+                dashboard_host=settings.dashboard_host,
+                dashboard_port=settings.dashboard_port,
+                logging_level=logging.WARNING,
+            )
+        url = context.dashboard_url
+        _dashboard_url = url if not url or url.startswith("http") else f"http://{url}"
+    return _dashboard_url
+
+
+def cluster_cpus() -> int:
+    return max(int(ray.cluster_resources().get("CPU", 1)), 1)
+
+
+def fan_out(
+    fn: Callable[..., T],
+    calls: Sequence[tuple[Any, ...]],
+    *,
+    label: str,
+    progress: Callable[[str], None] = log.info,
+) -> list[T]:
+    """Run fn(*args) for every args tuple as Ray tasks; results in the order of `calls`.
+
+    A task whose worker dies is retried by Ray (max_retries); an exception raised by fn is a bug
+    or bad input that fn did not handle, and is re-raised here.
+    """
+    remote = ray.remote(fn).options(max_retries=3, name=f"{label}")
+    started = time.perf_counter()
+    index = {remote.remote(*args): i for i, args in enumerate(calls)}
+    results: list[Any] = [None] * len(calls)
+    pending = list(index)
+    done_count, next_report = 0, 0.0
+    while pending:
+        done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=5.0)
+        for ref in done:
+            results[index[ref]] = ray.get(ref)
+        done_count += len(done)
+        if done_count / len(calls) >= next_report or not pending:
+            elapsed = time.perf_counter() - started
+            progress(f"{label}: {done_count}/{len(calls)} tasks done in {elapsed:.1f}s")
+            next_report += 0.1
+    return results

@@ -1,0 +1,77 @@
+"""Stage 2: per-symbol rolling features over the last WINDOW rows, ordered by date.
+
+Vectorised over a whole part file at once: a row whose window would reach back past the first
+row of its symbol gets null, so windows never cross symbols. The mean is computed from an exact
+int64 running sum of Volume; the median is numpy's over each 30-value window, which for an even
+window is the mean of the two middle values, as in pandas.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from numpy.lib.stride_tricks import sliding_window_view
+
+from compute.schema import STAGE1, STAGE2, WINDOW
+from compute.storage import write_parquet
+
+_MEDIAN_CHUNK = 65_536  # windows per np.median call: bounds the temporary copy to ~16 MB
+
+
+def add_features(table: pa.Table, window: int = WINDOW) -> pa.Table:
+    """Stage-1 rows in, stage-2 rows out (sorted by Symbol, then Date)."""
+    table = table.select(STAGE1.names).sort_by([("Symbol", "ascending"), ("Date", "ascending")])
+    n = table.num_rows
+    position = _position_in_symbol(table.column("Symbol"))
+    ready = np.flatnonzero(position >= window - 1)  # rows with a full window inside their symbol
+
+    volume = table.column("Volume").to_numpy()
+    running = np.concatenate([[0], np.cumsum(volume, dtype=np.int64)])
+    mean = np.zeros(n)
+    mean[ready] = (running[ready + 1] - running[ready + 1 - window]) / window
+
+    adj = table.column("Adj Close").to_numpy().astype(np.float64)
+    median = np.zeros(n)
+    if n >= window:
+        windows = sliding_window_view(adj, window)  # row j holds adj[j : j + window]
+        for start in range(0, len(ready), _MEDIAN_CHUNK):
+            rows = ready[start : start + _MEDIAN_CHUNK]
+            median[rows] = np.median(windows[rows - (window - 1)], axis=1)
+
+    missing = np.ones(n, dtype=bool)
+    missing[ready] = False
+    return pa.table(
+        [
+            *table.columns,
+            pa.array(mean, pa.float64(), mask=missing),
+            pa.array(median, pa.float64(), mask=missing),
+        ],
+        schema=STAGE2,
+    )
+
+
+def _position_in_symbol(symbols: pa.ChunkedArray) -> np.ndarray:
+    """0, 1, 2, ... restarting at each new symbol (input grouped by symbol)."""
+    codes = pc.dictionary_encode(symbols).combine_chunks().indices.to_numpy()
+    n = len(codes)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], codes[1:] != codes[:-1]]))
+    lengths = np.diff(np.append(starts, n))
+    return np.arange(n) - np.repeat(starts, lengths)
+
+
+def features_part(stage1_part: str, stage2_dir: str) -> dict[str, int]:
+    """Compute one stage-2 part from one stage-1 part; return its row and symbol counts."""
+    table = pq.read_table(stage1_part, schema=STAGE1)
+    out = add_features(table)
+    write_parquet(out, Path(stage2_dir) / Path(stage1_part).name)
+    return {
+        "rows": out.num_rows,
+        "symbols": pc.count_distinct(out.column("Symbol")).as_py(),
+        "rows_with_features": out.num_rows - out.column("vol_moving_avg").null_count,
+    }

@@ -1,0 +1,91 @@
+"""The ingest report: every file and every row accounted for."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+from compute.ingest import FileResult
+from compute.sources import Listing
+
+
+class CountMismatch(AssertionError):
+    """Rows read did not equal rows kept + quarantined + in failed files: a bug, never bad input."""
+
+
+def build_ingest_report(
+    *,
+    source: str,
+    listing: Listing,
+    results: list[FileResult],
+    metadata_warning: str | None,
+    seconds: float,
+) -> dict[str, Any]:
+    ingested = [r for r in results if r.status == "ingested"]
+    failed = [r for r in results if r.status == "failed"]
+    reasons: Counter[str] = Counter()
+    zero_prices: Counter[str] = Counter()
+    for r in ingested:
+        reasons.update(r.quarantined)
+        zero_prices.update(r.zero_prices)
+    rows = {
+        "read": sum(r.rows_read for r in results),
+        "kept": sum(r.rows_kept for r in ingested),
+        "quarantined": sum(reasons.values()),
+        "in_failed_files": sum(r.rows_read for r in failed),
+    }
+    if rows["read"] != rows["kept"] + rows["quarantined"] + rows["in_failed_files"]:
+        raise CountMismatch(f"row counts do not add up: {rows}")
+    failed_files = [{"file": r.file, "reason": r.reason, "rows": r.rows_read} for r in failed]
+    failed_files += [{"file": member, "reason": reason, "rows": 0} for member, reason in listing.rejected]
+    return {
+        "source": source,
+        "files": {
+            "seen": len(results) + len(listing.rejected),
+            "ingested": len(ingested),
+            "failed": len(failed_files),
+        },
+        "rows": rows,
+        "quarantined_by_reason": dict(sorted(reasons.items())),
+        "failed_files": sorted(failed_files, key=lambda f: f["file"]),
+        "symbols_without_metadata": sorted(r.symbol for r in ingested if not r.has_metadata),
+        "metadata_warning": metadata_warning,
+        "files_reordered_by_date": sorted(r.file for r in ingested if r.reordered),
+        "warnings": {"zero_price_rows_kept": dict(sorted(zero_prices.items()))},
+        "ignored_members": listing.ignored,
+        "seconds": round(seconds, 3),
+        "per_file": [asdict(r) for r in sorted(results, key=lambda r: r.file)],
+    }
+
+
+def ingest_markdown(report: dict[str, Any]) -> str:
+    """A short human summary of the report, for the Prefect UI and the console."""
+    files, rows = report["files"], report["rows"]
+    lines = [
+        f"# Ingest report: `{report['source']}`",
+        "",
+        "| files seen | ingested | failed | rows read | kept | quarantined | in failed files |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {files['seen']:,} | {files['ingested']:,} | {files['failed']:,} | {rows['read']:,} "
+        f"| {rows['kept']:,} | {rows['quarantined']:,} | {rows['in_failed_files']:,} |",
+        "",
+    ]
+    if report["quarantined_by_reason"]:
+        lines += ["| quarantine reason | rows |", "|---|---:|"]
+        lines += [f"| {k} | {v:,} |" for k, v in report["quarantined_by_reason"].items()]
+        lines.append("")
+    if report["failed_files"]:
+        lines += ["| failed file | reason |", "|---|---|"]
+        lines += [f"| {f['file']} | {f['reason']} |" for f in report["failed_files"][:50]]
+        lines.append("")
+    if report["symbols_without_metadata"]:
+        lines.append("Symbols without metadata: " + ", ".join(report["symbols_without_metadata"][:50]))
+    if report["metadata_warning"]:
+        lines.append(f"Metadata: {report['metadata_warning']}")
+    zero = report["warnings"]["zero_price_rows_kept"]
+    if zero:
+        lines.append(
+            "Zero prices kept (Yahoo placeholders): " + ", ".join(f"{k} {v:,}" for k, v in zero.items())
+        )
+    return "\n".join(lines) + "\n"
