@@ -233,7 +233,8 @@ def _valid_dates(dates: pa.ChunkedArray) -> np.ndarray:
 
 
 def _exact_float32(values: np.ndarray, column: str, lines: np.ndarray) -> np.ndarray:
-    as32 = values.astype(np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is caught by the comparison below
+        as32 = values.astype(np.float32)
     inexact = np.flatnonzero(as32.astype(np.float64) != values)
     if len(inexact):
         i = inexact[0]

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from compute.layout import Layout
-from compute.settings import SAMPLE_SOURCE
-from compute.sources import SourceError, open_source
+from compute.settings import SAMPLE_SOURCE, get_settings
+from compute.sources import SourceError, list_files, open_source
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"--out '{out}' exists and is not a directory")
     if hasattr(args, "source"):
         try:
-            open_source(args.source)
+            list_files(open_source(args.source), get_settings().max_file_bytes)
         except SourceError as exc:
             return _fail(str(exc))
     elif not Layout(out).stage1.is_dir():

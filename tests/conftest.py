@@ -1,0 +1,57 @@
+"""Session-wide real services: one local Ray and one Prefect test harness, started once (~10 s each)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from compute.settings import SAMPLE_SOURCE, Settings
+
+SAMPLE = Path(SAMPLE_SOURCE)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str | None]:
+    """A real local Ray (2 CPUs, dashboard on a free loopback port), shared by every test."""
+    import ray
+
+    from compute import cluster
+
+    url = cluster.connect(Settings(ray_address=None, dashboard_port=free_port()))
+    yield url
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """Prefect's own test harness: a temporary database and API server for this session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture(scope="session")
+def sample_run(
+    ray_session: str | None, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The `stock-pipeline` flow run once on the embedded sample; tests read its outputs."""
+    from flows.pipeline import stock_pipeline
+
+    out = tmp_path_factory.mktemp("sample-run")
+    state = stock_pipeline(source=str(SAMPLE), out=str(out), return_state=True)
+    return {"out": out, "state": state, "result": state.result()}

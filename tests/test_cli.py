@@ -1,0 +1,58 @@
+"""The `stockpipe` command: help, and one-line errors for bad arguments (no Prefect or Ray started)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+
+def stockpipe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "ingest", "features"])
+def test_help_explains_every_option(command: str) -> None:
+    result = stockpipe(command, "--help")
+    assert result.returncode == 0
+    for option in ["--out", "--ray-address"] + (["--source"] if command != "features" else []):
+        assert option in result.stdout
+
+
+def a_file(tmp: Path) -> Path:
+    path = tmp / "f"
+    path.write_text("")
+    return path
+
+
+def bad_zip(tmp: Path) -> Path:
+    path = tmp / "x.zip"
+    zipfile.ZipFile(path, "w").close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (lambda t: ["run", "--source", str(t / "nope")], "does not exist"),
+        (lambda t: ["ingest", "--source", str(t)], "neither stocks/ nor etfs/"),
+        (lambda t: ["ingest", "--source", str(bad_zip(t))], "contains no stocks/"),
+        (lambda t: ["features", "--out", str(t)], "no stage 1 output"),
+        (lambda t: ["run", "--out", str(a_file(t))], "not a directory"),
+    ],
+)
+def test_bad_arguments_fail_with_one_line(tmp_path: Path, args, message: str) -> None:
+    result = stockpipe(*args(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_unknown_command_is_refused() -> None:
+    result = stockpipe("fly")
+    assert result.returncode == 2 and "invalid choice" in result.stderr

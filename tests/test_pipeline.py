@@ -1,0 +1,118 @@
+"""The flow end to end on real Ray and Prefect: outputs, schema, and counts that add up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from compute.schema import QUARANTINE, STAGE1
+from compute.settings import Settings
+from compute.stages import run_features, run_ingest
+from tests.conftest import SAMPLE
+
+
+def test_flow_completes_with_every_output(sample_run: dict[str, Any]) -> None:
+    out: Path = sample_run["out"]
+    assert sample_run["state"].is_completed()
+    for folder in ["stage1", "stage2", "quarantine"]:
+        assert list((out / folder).glob("part-*.parquet")), folder
+    assert (out / "reports" / "ingest.json").is_file()
+    assert not list(out.glob(".*")), "staging folders were left behind"
+
+
+def test_stage1_has_exactly_the_contract_schema(sample_run: dict[str, Any]) -> None:
+    dataset = pq.read_table(sample_run["out"] / "stage1")
+    assert dataset.schema.remove_metadata() == STAGE1
+    assert pq.read_table(sample_run["out"] / "quarantine").schema.remove_metadata() == QUARANTINE
+    assert dataset.column("Date").to_pylist()[0].count("-") == 2
+    assert dataset.column("Security Name").null_count == 0
+
+
+def test_sample_report_accounts_for_every_row(sample_run: dict[str, Any]) -> None:
+    report = json.loads((sample_run["out"] / "reports" / "ingest.json").read_text())
+    lines = sum(len(p.read_text().splitlines()) - 1 for p in SAMPLE.glob("*/*.csv"))
+    rows = report["rows"]
+    assert rows["read"] == lines
+    assert rows["read"] == rows["kept"] + rows["quarantined"] + rows["in_failed_files"]
+    assert rows["kept"] == pq.read_table(sample_run["out"] / "stage1").num_rows
+    assert rows["quarantined"] == pq.read_table(sample_run["out"] / "quarantine").num_rows
+    assert report["files"] == {"seen": 39, "ingested": 39, "failed": 0}
+    # The sample's known defects: five Yahoo mid-day empty rows, zero Open/Low prices kept.
+    assert report["quarantined_by_reason"] == {"empty_row": 5}
+    assert report["warnings"]["zero_price_rows_kept"]["Low"] > 0
+    assert sample_run["result"]["features"]["rows"] == rows["kept"]
+
+
+@pytest.fixture(scope="module")
+def bad_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A source with every kind of broken file next to good ones."""
+    root = tmp_path_factory.mktemp("bad-source")
+    for kind in ("stocks", "etfs"):
+        (root / kind).mkdir()
+    for member in ["stocks/ATAC.csv", "stocks/ACC.csv", "etfs/AVDG.csv"]:
+        shutil.copy(SAMPLE / member, root / member)
+    meta = (SAMPLE / "symbols_valid_meta.csv").read_text().splitlines()
+    (root / "symbols_valid_meta.csv").write_text(
+        "\n".join(line for line in meta if ",AVDG," not in line) + "\n"
+    )
+    good = (SAMPLE / "stocks/ATAC.csv").read_bytes()
+    (root / "stocks/TRUNC.csv").write_bytes(good[: len(good) // 2 + 7])
+    (root / "stocks/BIN.csv").write_bytes(bytes(range(256)) * 4)
+    (root / "stocks/HDR.csv").write_text("Date,Price,Volume\n2020-01-01,1,2\n2020-01-02,1,2\n")
+    (root / "stocks/EMPTY.csv").write_bytes(b"")
+    (root / "stocks/bad name.csv").write_bytes(good)
+    return root
+
+
+def test_bad_files_are_reported_and_the_run_goes_on(
+    ray_session: str | None, bad_source: Path, tmp_path: Path
+) -> None:
+    report = run_ingest(str(bad_source), Settings(out=tmp_path))
+    failed = {f["file"]: f["reason"] for f in report["failed_files"]}
+    assert set(failed) == {"stocks/BIN.csv", "stocks/HDR.csv", "stocks/EMPTY.csv", "stocks/bad name.csv"}
+    assert "binary" in failed["stocks/BIN.csv"]
+    assert "wrong header" in failed["stocks/HDR.csv"]
+    assert failed["stocks/EMPTY.csv"] == "empty file"
+    assert "not a valid ticker symbol" in failed["stocks/bad name.csv"]
+    assert report["files"] == {"seen": 8, "ingested": 4, "failed": 4}
+    assert report["symbols_without_metadata"] == ["AVDG", "TRUNC"]
+    assert report["quarantined_by_reason"] == {"empty_row": 1, "malformed_row": 1}
+
+    rows = report["rows"]
+    assert rows["read"] == rows["kept"] + rows["quarantined"] + rows["in_failed_files"]
+    stage1 = pq.read_table(tmp_path / "stage1").to_pandas()
+    assert len(stage1) == rows["kept"]
+    assert set(stage1["Symbol"]) == {"ATAC", "ACC", "AVDG", "TRUNC"}
+    assert stage1.loc[stage1["Symbol"] == "AVDG", "Security Name"].isna().all()
+    assert stage1.loc[stage1["Symbol"] == "ATAC", "Security Name"].notna().all()
+    quarantine = pq.read_table(tmp_path / "quarantine").to_pandas()
+    assert set(quarantine["source_file"]) == {"stocks/ACC.csv", "stocks/TRUNC.csv"}
+
+    summary = run_features(Settings(out=tmp_path))
+    assert summary["rows"] == rows["kept"] and summary["symbols"] == 4
+
+
+def test_zip_source_with_escaping_member_is_ingested_safely(ray_session: str | None, tmp_path: Path) -> None:
+    archive = tmp_path / "stock-market-dataset.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(SAMPLE / "symbols_valid_meta.csv", "symbols_valid_meta.csv")
+        z.write(SAMPLE / "stocks/ATAC.csv", "stocks/ATAC.csv")
+        z.write(SAMPLE / "stocks/BENEU.csv", "../stocks/BENEU.csv")
+    report = run_ingest(str(archive), Settings(out=tmp_path / "out"))
+    assert report["files"] == {"seen": 2, "ingested": 1, "failed": 1}
+    assert report["failed_files"][0]["file"] == "../stocks/BENEU.csv"
+    assert report["failed_files"][0]["reason"].startswith("unsafe path")
+    assert not (tmp_path / "stocks").exists()  # nothing was written outside the output folder
+    assert pq.read_table(tmp_path / "out" / "stage1").column("Symbol").unique().to_pylist() == ["ATAC"]
+
+
+def test_rerun_replaces_previous_outputs(ray_session: str | None, bad_source: Path, tmp_path: Path) -> None:
+    run_ingest(str(SAMPLE), Settings(out=tmp_path))
+    report = run_ingest(str(bad_source), Settings(out=tmp_path))
+    assert pq.read_table(tmp_path / "stage1").num_rows == report["rows"]["kept"]
