@@ -15,7 +15,8 @@ from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 def _settings(out: str, ray_address: str | None) -> Settings:
     settings = get_settings(out=out, ray_address=ray_address)
     url = cluster.connect(settings)
-    get_run_logger().info("Ray dashboard: %s", url or "not available (joined a cluster without one)")
+    if url:
+        get_run_logger().info("Ray dashboard: %s (token: `ray get-auth-token`)", url)
     return settings
 
 
