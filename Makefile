@@ -12,7 +12,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 $(BIN)/stockpipe: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[cpu,dev]'
 	touch $@
 
 setup: $(BIN)/stockpipe

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from compute.ingest import FileResult
@@ -88,4 +89,32 @@ def ingest_markdown(report: dict[str, Any]) -> str:
         lines.append(
             "Zero prices kept (Yahoo placeholders): " + ", ".join(f"{k} {v:,}" for k, v in zero.items())
         )
+    return "\n".join(lines) + "\n"
+
+
+def training_markdown(metrics: dict[str, Any], out: Path) -> str:
+    """Model vs baseline on the time holdout (and the random split), with links to the plots."""
+    split = metrics["time_split"]
+    rows = [("model, time holdout", split["model"]), ("baseline, time holdout", split["baseline"])]
+    if "random_split" in metrics:
+        rows += [("model, random 80/20", metrics["random_split"]["model"])]
+        rows += [("baseline, random 80/20", metrics["random_split"]["baseline"])]
+    lines = [
+        f"# Training: {split['train_rows']:,} rows before {split['cutoff']}, {split['test_rows']:,} after",
+        "",
+        "| | MAE | RMSE | R² | MAPE % |",
+        "|---|---:|---:|---:|---:|",
+        *[
+            f"| {n} | {m['mae']:,.0f} | {m['rmse']:,.0f} | {m['r2']:.4f} | {m['mape_pct']:.1f} |"
+            for n, m in rows
+        ],
+        "",
+        f"MAE vs baseline: {split['mae_improvement_pct']:+.2f}% better. "
+        f"{metrics['engine']['workers']} workers on {metrics['engine']['device']}, "
+        f"fit {metrics['timing']['ray_train_fit_seconds']:.1f} s.",
+        "",
+    ]
+    reports = Path(out).resolve() / "reports"
+    for name in ("learning_curve.png", "predicted_vs_actual.png"):
+        lines.append(f"- [{name}]({(reports / name).as_uri()})")
     return "\n".join(lines) + "\n"

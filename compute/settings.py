@@ -28,6 +28,17 @@ class Settings(BaseSettings):
     # A source file larger than this is rejected unread (the largest real file is ~1 MB).
     max_file_bytes: int = 64 * 1024 * 1024
 
+    # Training (see compute/train.py and the README's Model section for why these values).
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # the latest rows, by date, held out
+    train_rounds: int = Field(default=100, ge=1)
+    train_max_depth: int = Field(default=6, ge=1)
+    train_eta: float = Field(default=0.15, gt=0)
+    train_huber_slope: float = Field(default=0.4, gt=0)
+    train_device: str = "auto"  # auto (CUDA if the Ray cluster has a GPU), cpu or cuda
+    train_workers: int | None = None  # default: one per GPU, else one per CPU (at most 8)
+    train_compare_random_split: bool = True  # also fit on a random 80/20 split, for the report
+    seed: int = 42
+
 
 def get_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides on top."""

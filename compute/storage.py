@@ -20,11 +20,15 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json(data: Any, path: Path) -> None:
+def write_bytes(data: bytes, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json(data: Any, path: Path) -> None:
+    write_bytes((json.dumps(data, indent=2) + "\n").encode(), path)
 
 
 def staging_dir(final: Path) -> Path:

@@ -40,10 +40,32 @@ def _parser() -> argparse.ArgumentParser:
         )
         return sub
 
-    add("run", "Run the whole pipeline: ingest, then features.")
+    def add_training(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--device",
+            choices=["auto", "cpu", "cuda"],
+            default=None,
+            help="where XGBoost trains (default auto: CUDA if the Ray cluster has a GPU, else CPU)",
+        )
+        sub.add_argument("--rounds", type=_positive_int, default=None, help="boosting rounds (default 100)")
+
+    add_training(add("run", "Run the whole pipeline: ingest, features, then train."))
     add("ingest", "Stage 1: read every symbol file into <out>/stage1/, bad rows into <out>/quarantine/.")
     add("features", "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.", source=False)
+    add_training(
+        add("train", "Stage 3: train XGBoost on Ray from <out>/stage2/ into <out>/model/.", source=False)
+    )
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -61,21 +83,25 @@ def main(argv: list[str] | None = None) -> int:
             list_files(open_source(args.source), get_settings().max_file_bytes)
         except SourceError as exc:
             return _fail(str(exc))
-    elif not Layout(out).stage1.is_dir():
+    elif args.command == "features" and not Layout(out).stage1.is_dir():
         return _fail(f"no stage 1 output in '{out}': run `stockpipe ingest --out {out}` first")
+    elif args.command == "train" and not Layout(out).stage2.is_dir():
+        return _fail(f"no stage 2 output in '{out}': run `stockpipe features --out {out}` first")
 
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows import pipeline
 
+    common = {"out": str(out), "ray_address": args.ray_address}
+    training = {"train_device": args.device, "train_rounds": args.rounds} if hasattr(args, "device") else {}
     if args.command == "run":
-        result = pipeline.stock_pipeline(source=args.source, out=str(out), ray_address=args.ray_address)
+        result = pipeline.stock_pipeline(source=args.source, **common, **training)
     elif args.command == "ingest":
-        result = {
-            "ingest": pipeline.ingest_flow(source=args.source, out=str(out), ray_address=args.ray_address)
-        }
+        result = {"ingest": pipeline.ingest_flow(source=args.source, **common)}
+    elif args.command == "features":
+        result = {"features": pipeline.features_flow(**common)}
     else:
-        result = {"features": pipeline.features_flow(out=str(out), ray_address=args.ray_address)}
+        result = {"train": pipeline.train_flow(**common, **training)}
     _print_outputs(Layout(out), result)
     return 0
 
@@ -96,6 +122,17 @@ def _print_outputs(layout: Layout, result: dict) -> None:
             f"features: {f['rows']:,} rows, {f['symbols']} symbols, {f['rows_with_features']:,} with features"
         )
         print(f"  stage 2:    {layout.stage2}/")
+    if "train" in result:
+        split = result["train"]["time_split"]
+        model, base = split["model"], split["baseline"]
+        print(
+            f"train: time holdout from {split['cutoff']}: MAE {model['mae']:,.0f} vs baseline "
+            f"{base['mae']:,.0f} ({split['mae_improvement_pct']:+.1f}%), "
+            f"R² {model['r2']:.3f} vs {base['r2']:.3f}"
+        )
+        print(f"  model:      {layout.model}/ (model.bin, model.json, metrics.json)")
+        print(f"  log:        {layout.logs / 'training.log'}")
+        print(f"  plots:      {layout.reports}/learning_curve.png, predicted_vs_actual.png")
 
 
 if __name__ == "__main__":

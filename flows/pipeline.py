@@ -7,13 +7,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from compute import cluster, stages
-from compute.report import ingest_markdown
+from compute import cluster, stages, train
+from compute.report import ingest_markdown, training_markdown
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 
 
-def _settings(out: str, ray_address: str | None) -> Settings:
-    settings = get_settings(out=out, ray_address=ray_address)
+def _settings(out: str, ray_address: str | None, **overrides: Any) -> Settings:
+    settings = get_settings(out=out, ray_address=ray_address, **overrides)
     url = cluster.connect(settings)
     if url:
         get_run_logger().info("Ray dashboard: %s (token: `ray get-auth-token`)", url)
@@ -34,15 +34,31 @@ def features(settings: Settings) -> dict[str, Any]:
     return stages.run_features(settings, progress=get_run_logger().info)
 
 
+@task(name="train", tags=["stage:train"], retries=1, retry_delay_seconds=10)
+def train_model(settings: Settings) -> dict[str, Any]:
+    metrics = train.run_train(settings, progress=get_run_logger().info)
+    create_markdown_artifact(
+        markdown=training_markdown(metrics, settings.out),
+        key="training-metrics",
+        description="Model vs baseline",
+    )
+    return metrics
+
+
 @flow(name="stock-pipeline")
 def stock_pipeline(
-    source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None
+    source: str = str(SAMPLE_SOURCE),
+    out: str = "output",
+    ray_address: str | None = None,
+    train_device: str | None = None,
+    train_rounds: int | None = None,
 ) -> dict[str, Any]:
-    """Ingest every symbol file in `source`, then compute rolling features, under `out`."""
-    settings = _settings(out, ray_address)
+    """Ingest every symbol file in `source`, compute rolling features, train the model, under `out`."""
+    settings = _settings(out, ray_address, train_device=train_device, train_rounds=train_rounds)
     report = ingest(source, settings)
     summary = features(settings)
-    return {"ingest": report, "features": summary}
+    metrics = train_model(settings)
+    return {"ingest": report, "features": summary, "train": metrics}
 
 
 @flow(name="ingest-stage")
@@ -55,3 +71,13 @@ def ingest_flow(
 @flow(name="features-stage")
 def features_flow(out: str = "output", ray_address: str | None = None) -> dict:
     return features(_settings(out, ray_address))
+
+
+@flow(name="train-stage")
+def train_flow(
+    out: str = "output",
+    ray_address: str | None = None,
+    train_device: str | None = None,
+    train_rounds: int | None = None,
+) -> dict:
+    return train_model(_settings(out, ray_address, train_device=train_device, train_rounds=train_rounds))
