@@ -1,0 +1,57 @@
+"""Metric code against values computed by hand, and the model contract's transforms."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from compute import model as contract
+from compute.metrics import ErrorSums, merge_all
+from compute.train import holdout_cutoff
+
+ACTUAL = np.array([100.0, 200.0, 0.0, 400.0])
+PREDICTED = np.array([110.0, 180.0, 10.0, 400.0])
+# errors: -10, 20, -10, 0 -> |e| = 10, 20, 10, 0; e² = 100, 400, 100, 0
+# mean(actual) = 175; SST = 75² + 25² + 175² + 225² = 5625 + 625 + 30625 + 50625 = 87500
+HAND = {"mae": 10.0, "rmse": math.sqrt(150.0), "r2": 1 - 600 / 87500, "mape_pct": 100 * (0.1 + 0.1 + 0) / 3}
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    assert ErrorSums.of(ACTUAL, PREDICTED).metrics() == pytest.approx(HAND, rel=1e-12)
+
+
+def test_merging_shards_gives_the_same_metrics_as_one_pass() -> None:
+    shards = [ErrorSums.of(ACTUAL[:1], PREDICTED[:1]), ErrorSums.of(ACTUAL[1:3], PREDICTED[1:3])]
+    shards += [ErrorSums(), ErrorSums.of(ACTUAL[3:], PREDICTED[3:])]
+    assert merge_all(shards).metrics() == pytest.approx(HAND, rel=1e-12)
+
+
+def test_large_shards_merge_without_cancellation() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.lognormal(15, 3, 100_000)  # volumes spanning many orders of magnitude
+    p = y * rng.uniform(0.5, 1.5, y.size)
+    whole = ErrorSums.of(y, p).metrics()
+    merged = merge_all([ErrorSums.of(y[i::7], p[i::7]) for i in range(7)]).metrics()
+    assert merged == pytest.approx(whole, rel=1e-9)
+
+
+def test_empty_metrics_are_nan_not_an_error() -> None:
+    assert all(math.isnan(v) for v in ErrorSums().metrics().values())
+
+
+def test_holdout_cutoff_holds_out_the_latest_rows() -> None:
+    dates = {"2020-01-01": 50, "2020-01-02": 30, "2020-01-03": 10, "2020-01-04": 10}
+    assert holdout_cutoff(dates, 0.2) == "2020-01-03"  # 80 rows before it, 20 on or after
+    assert holdout_cutoff(dates, 0.5) == "2020-01-02"
+
+
+def test_target_transform_round_trips_and_never_goes_negative() -> None:
+    volume = np.array([0.0, 150.0, 7_421_640_800.0])
+    m = np.array([0.5, 100.0, 1e9])
+    ratio = contract.to_target(volume, m)
+    np.testing.assert_allclose(contract.to_volume(ratio, m), volume)
+    assert (contract.to_volume(np.array([-3.0, 0.5, 2.0]), m) >= 0).all()
+    with pytest.raises(ValueError, match="unknown target transform"):
+        contract.to_volume(ratio, m, "log1p")
