@@ -26,18 +26,20 @@ def learning_curve(history: dict[str, dict[str, list[float]]], path: Path) -> No
 
 
 def predicted_vs_actual(sample: dict[str, np.ndarray], path: Path) -> None:
-    actual, predicted, baseline = (np.maximum(sample[k], 1.0) for k in ("actual", "predicted", "baseline"))
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.scatter(actual, baseline, s=2, alpha=0.25, label="baseline (vol_moving_avg)", color="tab:gray")
-    ax.scatter(actual, predicted, s=2, alpha=0.35, label="model", color="tab:blue")
-    low, high = float(min(actual.min(), predicted.min())), float(max(actual.max(), predicted.max()))
-    ax.plot([low, high], [low, high], color="black", linewidth=1, label="perfect")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("actual Volume")
-    ax.set_ylabel("predicted Volume")
-    ax.set_title(f"Time holdout, {len(actual):,} sampled rows")
-    ax.legend(markerscale=5)
+    """Side by side on log axes: the baseline (vol_moving_avg) and the model, against the truth."""
+    # Volume 0 is drawn at 1 so that it shows on a log axis.
+    actual = np.maximum(sample["actual"], 1.0)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.5), sharex=True, sharey=True)
+    low, high = float(actual.min()), float(actual.max())
+    for ax, key, title in [(axes[0], "baseline", "baseline: vol_moving_avg"), (axes[1], "predicted", "model")]:
+        ax.scatter(actual, np.maximum(sample[key], 1.0), s=2, alpha=0.3)
+        ax.plot([low, high], [low, high], color="black", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("actual Volume")
+        ax.set_title(title)
+    axes[0].set_ylabel("predicted Volume")
+    fig.suptitle(f"Time holdout, {len(actual):,} sampled rows")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
