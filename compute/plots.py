@@ -31,7 +31,10 @@ def predicted_vs_actual(sample: dict[str, np.ndarray], path: Path) -> None:
     actual = np.maximum(sample["actual"], 1.0)
     fig, axes = plt.subplots(1, 2, figsize=(11, 5.5), sharex=True, sharey=True)
     low, high = float(actual.min()), float(actual.max())
-    for ax, key, title in [(axes[0], "baseline", "baseline: vol_moving_avg"), (axes[1], "predicted", "model")]:
+    for ax, key, title in [
+        (axes[0], "baseline", "baseline: vol_moving_avg"),
+        (axes[1], "predicted", "model"),
+    ]:
         ax.scatter(actual, np.maximum(sample[key], 1.0), s=2, alpha=0.3)
         ax.plot([low, high], [low, high], color="black", linewidth=1)
         ax.set_xscale("log")

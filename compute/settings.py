@@ -30,14 +30,18 @@ class Settings(BaseSettings):
 
     # Training (see compute/train.py and the README's Model section for why these values).
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # the latest rows, by date, held out
-    train_rounds: int = Field(default=100, ge=1)
+    train_rounds: int = Field(default=40, ge=1)
     train_max_depth: int = Field(default=6, ge=1)
-    train_eta: float = Field(default=0.15, gt=0)
+    train_eta: float = Field(default=0.3, gt=0)
     train_huber_slope: float = Field(default=0.4, gt=0)
     train_device: str = "auto"  # auto (CUDA if the Ray cluster has a GPU), cpu or cuda
     train_workers: int | None = None  # default: one per GPU, else one per CPU (at most 8)
     train_compare_random_split: bool = True  # also fit on a random 80/20 split, for the report
     seed: int = 42
+
+    # Serving.
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 3000
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from compute.layout import Layout
-from compute.settings import SAMPLE_SOURCE, get_settings
+from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, get_settings
 from compute.sources import SourceError, list_files, open_source
 
 
@@ -47,15 +47,29 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="where XGBoost trains (default auto: CUDA if the Ray cluster has a GPU, else CPU)",
         )
-        sub.add_argument("--rounds", type=_positive_int, default=None, help="boosting rounds (default 100)")
+        sub.add_argument("--rounds", type=_positive_int, default=None, help="boosting rounds (default 40)")
 
-    add_training(add("run", "Run the whole pipeline: ingest, features, then train."))
+    add_training(add("run", "Run the whole pipeline: ingest, features, train, then build the Bento."))
     add("ingest", "Stage 1: read every symbol file into <out>/stage1/, bad rows into <out>/quarantine/.")
     add("features", "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.", source=False)
     add_training(
         add("train", "Stage 3: train XGBoost on Ray from <out>/stage2/ into <out>/model/.", source=False)
     )
+    serve_help = (
+        "Serve the model trained into <out>/model/ with BentoML: GET/POST /predict, POST /predict_batch."
+    )
+    serve = commands.add_parser("serve", help=serve_help, description=serve_help)
+    serve.add_argument("--out", default="output", metavar="DIR", help="output directory (default: ./output)")
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_port, default=None, help="port (default 3000)")
     return parser
+
+
+def _port(text: str) -> int:
+    port = _positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port")
+    return port
 
 
 def _positive_int(text: str) -> int:
@@ -87,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no stage 1 output in '{out}': run `stockpipe ingest --out {out}` first")
     elif args.command == "train" and not Layout(out).stage2.is_dir():
         return _fail(f"no stage 2 output in '{out}': run `stockpipe features --out {out}` first")
+    elif args.command == "serve":
+        return _serve(Layout(out), args.host, args.port)
 
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -104,6 +120,30 @@ def main(argv: list[str] | None = None) -> int:
         result = {"train": pipeline.train_flow(**common, **training)}
     _print_outputs(Layout(out), result)
     return 0
+
+
+def _serve(layout: Layout, host: str | None, port: int | None) -> int:
+    """Register <out>/model in the BentoML model store, then become `bentoml serve` for it."""
+    if not (layout.model / "model.bin").is_file():
+        return _fail(f"no trained model in '{layout.model}': run `stockpipe train --out {layout.root}` first")
+    from bento.package import register_model
+
+    settings = get_settings(serve_host=host, serve_port=port)
+    os.environ["STOCKPIPE_MODEL_TAG"] = register_model(layout.model)
+    print(
+        f"serving {os.environ['STOCKPIPE_MODEL_TAG']} on http://{settings.serve_host}:{settings.serve_port}",
+        flush=True,
+    )
+    command = [sys.executable, "-m", "bentoml", "serve", "bento.service:VolumeService"]
+    command += [
+        "--host",
+        settings.serve_host,
+        "--port",
+        str(settings.serve_port),
+        "--working-dir",
+        str(PROJECT_ROOT),
+    ]
+    os.execv(sys.executable, command)  # replaces this process, so signals reach the server directly
 
 
 def _print_outputs(layout: Layout, result: dict) -> None:
@@ -133,6 +173,11 @@ def _print_outputs(layout: Layout, result: dict) -> None:
         print(f"  model:      {layout.model}/ (model.bin, model.json, metrics.json)")
         print(f"  log:        {layout.logs / 'training.log'}")
         print(f"  plots:      {layout.reports}/learning_curve.png, predicted_vs_actual.png")
+    if "package" in result:
+        bento = result["package"]["bento"]
+        print(f"package: model {result['package']['model']} in the BentoML model store, Bento {bento}")
+        print(f"  serve this run's model: {sys.argv[0]} serve --out {layout.root}")
+        print(f"  serve the built Bento:  bentoml serve {bento}")
 
 
 if __name__ == "__main__":

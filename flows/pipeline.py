@@ -7,7 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from bento import package
 from compute import cluster, stages, train
+from compute.layout import Layout
 from compute.report import ingest_markdown, training_markdown
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 
@@ -45,6 +47,17 @@ def train_model(settings: Settings) -> dict[str, Any]:
     return metrics
 
 
+@task(name="package", tags=["stage:serve"])
+def package_model(settings: Settings) -> dict[str, str]:
+    """Register the model in the BentoML model store and build the Bento that serves it."""
+    model_tag = package.register_model(Layout(settings.out).model)
+    bento_tag = package.build_bento(model_tag)
+    get_run_logger().info(
+        "Bento %s built with model %s; serve it with: bentoml serve %s", bento_tag, model_tag, bento_tag
+    )
+    return {"model": model_tag, "bento": bento_tag}
+
+
 @flow(name="stock-pipeline")
 def stock_pipeline(
     source: str = str(SAMPLE_SOURCE),
@@ -53,12 +66,13 @@ def stock_pipeline(
     train_device: str | None = None,
     train_rounds: int | None = None,
 ) -> dict[str, Any]:
-    """Ingest every symbol file in `source`, compute rolling features, train the model, under `out`."""
+    """Ingest `source`, compute rolling features, train the model, and build the Bento, under `out`."""
     settings = _settings(out, ray_address, train_device=train_device, train_rounds=train_rounds)
     report = ingest(source, settings)
     summary = features(settings)
     metrics = train_model(settings)
-    return {"ingest": report, "features": summary, "train": metrics}
+    packaged = package_model(settings)
+    return {"ingest": report, "features": summary, "train": metrics, "package": packaged}
 
 
 @flow(name="ingest-stage")

@@ -1,0 +1,108 @@
+"""BentoML service: predicted daily trading volume from the two rolling features.
+
+    GET  /predict?vol_moving_avg=51318&adj_close_rolling_med=216   -> 200, JSON integer
+    POST /predict        {"vol_moving_avg": 51318, "adj_close_rolling_med": 216}
+    POST /predict_batch  {"vol_moving_avg": [...], "adj_close_rolling_med": [...]}  -> [int, ...]
+
+The model (booster + metadata) comes from the BentoML model store; the tag is
+$STOCKPIPE_MODEL_TAG, else the latest `stock-volume`. Every bad input is a 4xx whose message names
+the field and the problem; the service never answers 500 for bad input or shows a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, model_validator
+
+from compute import model as contract
+
+MODEL_NAME = "stock-volume"
+MAX_BATCH = 100_000  # rows per /predict_batch request
+# Bounds far beyond any real value (AAPL's busiest day: 7.4e9 shares; BRK.A: ~4e5 dollars), so
+# that a typo like 1e300 is refused instead of answered with a meaningless number.
+MAX_VOLUME = 1e12
+MAX_PRICE = 1e7
+
+VolMovingAvg = Annotated[
+    float, Field(ge=0, le=MAX_VOLUME, allow_inf_nan=False, description="30-row mean of daily Volume")
+]
+AdjCloseMedian = Annotated[
+    float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, description="30-row median of Adj Close")
+]
+
+
+class Features(BaseModel):
+    vol_moving_avg: VolMovingAvg
+    adj_close_rolling_med: AdjCloseMedian
+
+
+class Batch(bentoml.IODescriptor):
+    vol_moving_avg: Annotated[list[VolMovingAvg], Field(min_length=1, max_length=MAX_BATCH)]
+    adj_close_rolling_med: Annotated[list[AdjCloseMedian], Field(min_length=1, max_length=MAX_BATCH)]
+
+    @model_validator(mode="after")
+    def _same_length(self) -> Batch:
+        if len(self.vol_moving_avg) != len(self.adj_close_rolling_med):
+            raise ValueError(
+                f"vol_moving_avg has {len(self.vol_moving_avg)} values but adj_close_rolling_med has "
+                f"{len(self.adj_close_rolling_med)}: the lists must have the same length"
+            )
+        return self
+
+
+# GET and POST /predict live in a FastAPI app mounted on the service, because @bentoml.api routes
+# are POST only and one path's methods must come from one app for the OpenAPI document to list both.
+http = FastAPI(title="stockpipe /predict")
+
+
+@http.exception_handler(RequestValidationError)
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """400, as BentoML answers for its own routes, with one line per problem naming the field."""
+    problems = [f"{_field(e)}: {e['msg']}" for e in exc.errors()]
+    return JSONResponse(status_code=400, content={"error": "; ".join(problems), "detail": problems})
+
+
+def _field(error: dict) -> str:
+    """'vol_moving_avg' from loc ('query', 'vol_moving_avg'); 'body' for a body that is not JSON."""
+    loc = [str(part) for part in error.get("loc", ())[1:]]
+    return "body" if error.get("type") == "json_invalid" or not loc else ".".join(loc)
+
+
+@bentoml.service(name="stockpipe", traffic={"timeout": 30})
+@bentoml.asgi_app(http, path="/")
+class VolumeService:
+    model_ref = bentoml.models.BentoModel(os.environ.get("STOCKPIPE_MODEL_TAG", f"{MODEL_NAME}:latest"))
+
+    def __init__(self) -> None:
+        self.booster, self.metadata = contract.load(Path(self.model_ref.path))
+        self.booster.set_param({"nthread": os.cpu_count() or 1})  # training saved its per-worker count
+
+    def _predict(self, vol_moving_avg: np.ndarray, adj_close_rolling_med: np.ndarray) -> list[int]:
+        features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)
+        volume = contract.predict_volume(self.booster, self.metadata, features)
+        return np.rint(volume).astype(np.int64).tolist()
+
+    @http.get("/predict", summary="Predicted volume for one pair of features, as query parameters")
+    def predict_get(self, features: Annotated[Features, Query()]) -> int:
+        return self._predict(np.array([features.vol_moving_avg]), np.array([features.adj_close_rolling_med]))[
+            0
+        ]
+
+    @http.post("/predict", summary="Predicted volume for one pair of features, as a JSON object")
+    def predict_post(self, features: Features) -> int:
+        return self._predict(np.array([features.vol_moving_avg]), np.array([features.adj_close_rolling_med]))[
+            0
+        ]
+
+    @bentoml.api(route="/predict_batch", input_spec=Batch)
+    def predict_batch(self, vol_moving_avg: list[float], adj_close_rolling_med: list[float]) -> list[int]:
+        """Predicted volumes for equal-length lists of features (up to 100,000 rows), vectorised."""
+        return self._predict(np.asarray(vol_moving_avg), np.asarray(adj_close_rolling_med))

@@ -1,0 +1,154 @@
+"""The real BentoML service over HTTP: answers equal the booster's own, bad input is a clear 4xx."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from bento.service import MAX_BATCH
+from compute import model as contract
+from tests.conftest import free_port, start_server, stop
+
+
+@pytest.fixture(scope="module")
+def expected(sample_run: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Real feature rows from the sample (plus edge values) and the booster's own predictions."""
+    table = pq.read_table(sample_run["out"] / "stage2").to_pandas().dropna().sample(200, random_state=0)
+    m = np.concatenate([table["vol_moving_avg"].to_numpy(), [0.0, 0.5, 51318.0, 7.4e9, 1e12]])
+    a = np.concatenate([table["adj_close_rolling_med"].to_numpy(), [0.0, 1.0, 216.0, 500.0, 1e7]])
+    booster, metadata = contract.load(sample_run["out"] / "model")
+    volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
+    return {"m": m, "a": a, "volume": np.rint(volume).astype(np.int64)}
+
+
+def test_get_predict_matches_the_booster(served: str, expected: dict[str, np.ndarray]) -> None:
+    for m, a, want in list(zip(expected["m"], expected["a"], expected["volume"], strict=True))[::10]:
+        r = httpx.get(
+            f"{served}/predict",
+            params={"vol_moving_avg": repr(float(m)), "adj_close_rolling_med": repr(float(a))},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == want and isinstance(r.json(), int) and r.json() >= 0
+
+
+def test_the_documented_example_call(served: str) -> None:
+    r = httpx.get(f"{served}/predict?vol_moving_avg=51318&adj_close_rolling_med=216")
+    assert r.status_code == 200 and isinstance(r.json(), int) and r.json() > 0
+
+
+def test_post_predict_matches_get(served: str, expected: dict[str, np.ndarray]) -> None:
+    for m, a, want in list(zip(expected["m"], expected["a"], expected["volume"], strict=True))[::10]:
+        r = httpx.post(f"{served}/predict", json={"vol_moving_avg": m, "adj_close_rolling_med": a})
+        assert r.status_code == 200, r.text
+        assert r.json() == want
+
+
+def test_predict_batch_matches_the_booster(served: str, expected: dict[str, np.ndarray]) -> None:
+    body = {"vol_moving_avg": expected["m"].tolist(), "adj_close_rolling_med": expected["a"].tolist()}
+    r = httpx.post(f"{served}/predict_batch", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json() == expected["volume"].tolist()
+
+
+BAD_SINGLE = [
+    ({"adj_close_rolling_med": 216}, "vol_moving_avg", "required"),
+    ({"vol_moving_avg": 51318}, "adj_close_rolling_med", "required"),
+    ({"vol_moving_avg": "lots", "adj_close_rolling_med": 216}, "vol_moving_avg", "valid number"),
+    ({"vol_moving_avg": "nan", "adj_close_rolling_med": 216}, "vol_moving_avg", "finite"),
+    ({"vol_moving_avg": 51318, "adj_close_rolling_med": "inf"}, "adj_close_rolling_med", "finite"),
+    ({"vol_moving_avg": -1, "adj_close_rolling_med": 216}, "vol_moving_avg", "greater than or equal to 0"),
+    (
+        {"vol_moving_avg": 51318, "adj_close_rolling_med": -0.5},
+        "adj_close_rolling_med",
+        "greater than or equal",
+    ),
+    ({"vol_moving_avg": 1e300, "adj_close_rolling_med": 216}, "vol_moving_avg", "less than or equal"),
+    ({"vol_moving_avg": 51318, "adj_close_rolling_med": 1e9}, "adj_close_rolling_med", "less than or equal"),
+]
+
+
+def assert_clear_4xx(r: httpx.Response, field: str, problem: str) -> None:
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    assert field in r.text and problem in r.text, r.text
+    assert "Traceback" not in r.text and 'File "' not in r.text
+
+
+@pytest.mark.parametrize(("params", "field", "problem"), BAD_SINGLE)
+def test_bad_get_is_a_clear_4xx(served: str, params: dict, field: str, problem: str) -> None:
+    assert_clear_4xx(httpx.get(f"{served}/predict", params=params), field, problem)
+
+
+@pytest.mark.parametrize(("body", "field", "problem"), BAD_SINGLE)
+def test_bad_post_is_a_clear_4xx(served: str, body: dict, field: str, problem: str) -> None:
+    text = httpx.Request("POST", "/", json=body).content  # json= would refuse NaN; send it as text
+    text = text.replace(b'"nan"', b"NaN").replace(b'"inf"', b"Infinity")
+    r = httpx.post(f"{served}/predict", content=text, headers={"content-type": "application/json"})
+    assert_clear_4xx(r, field, problem)
+
+
+def test_body_that_is_not_json_is_a_clear_4xx(served: str) -> None:
+    r = httpx.post(f"{served}/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert_clear_4xx(r, "body", "JSON")
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "problem"),
+    [
+        ({"vol_moving_avg": [1.0, 2.0], "adj_close_rolling_med": [3.0]}, "vol_moving_avg", "same length"),
+        (
+            {"vol_moving_avg": [1.0, -2.0], "adj_close_rolling_med": [3.0, 4.0]},
+            "vol_moving_avg",
+            "greater than",
+        ),
+        (
+            {"vol_moving_avg": [1.0, "x"], "adj_close_rolling_med": [3.0, 4.0]},
+            "vol_moving_avg",
+            "valid number",
+        ),
+        ({"vol_moving_avg": [], "adj_close_rolling_med": []}, "vol_moving_avg", "at least 1"),
+        ({"vol_moving_avg": [1.0]}, "adj_close_rolling_med", "required"),
+        ({"vol_moving_avg": 5, "adj_close_rolling_med": [1.0]}, "vol_moving_avg", "valid array"),
+    ],
+)
+def test_bad_batch_is_a_clear_4xx(served: str, body: dict, field: str, problem: str) -> None:
+    assert_clear_4xx(httpx.post(f"{served}/predict_batch", json=body), field, problem)
+
+
+def test_batch_over_the_limit_is_refused(served: str) -> None:
+    n = MAX_BATCH + 1
+    r = httpx.post(
+        f"{served}/predict_batch", json={"vol_moving_avg": [1.0] * n, "adj_close_rolling_med": [1.0] * n}
+    )
+    assert_clear_4xx(r, "vol_moving_avg", f"at most {MAX_BATCH}")
+
+
+def test_readiness_and_openapi_list_every_route(served: str) -> None:
+    assert httpx.get(f"{served}/readyz").status_code == 200
+    paths = httpx.get(f"{served}/docs.json").json()["paths"]
+    assert set(paths["/predict"]) == {"get", "post"}
+    assert set(paths["/predict_batch"]) == {"post"}
+    params = {p["name"] for p in paths["/predict"]["get"]["parameters"]}
+    assert params == {"vol_moving_avg", "adj_close_rolling_med"}
+
+
+def test_built_bento_serves_the_same_answers(
+    sample_run: dict[str, Any], expected: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    bento = sample_run["result"]["package"]["bento"]
+    port = free_port()
+    command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
+    url, process = start_server(command, port, tmp_path / "bento.log")
+    try:
+        body = {"vol_moving_avg": expected["m"].tolist(), "adj_close_rolling_med": expected["a"].tolist()}
+        assert httpx.post(f"{url}/predict_batch", json=body).json() == expected["volume"].tolist()
+        r = httpx.get(f"{url}/predict", params={"vol_moving_avg": 51318, "adj_close_rolling_med": 216})
+        assert r.status_code == 200 and not math.isnan(r.json())
+    finally:
+        stop(process)
