@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from bench.procs import free_port, start_server, stop
 from bento.service import MAX_BATCH
 from compute import model as contract
-from tests.conftest import free_port, start_server, stop
 
 
 @pytest.fixture(scope="module")

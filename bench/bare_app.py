@@ -1,0 +1,55 @@
+"""Reference server for bench/serve.py: the same booster and model contract behind a bare FastAPI
+app on uvicorn, with none of BentoML's machinery (no validation bounds beyond types, no batching).
+
+    python -m bench.bare_app --model output/model --port 3100
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from compute import model as contract
+
+
+class Batch(BaseModel):
+    vol_moving_avg: list[float]
+    adj_close_rolling_med: list[float]
+
+
+def make_app(model_dir: Path) -> FastAPI:
+    booster, metadata = contract.load(model_dir)
+    booster.set_param({"nthread": os.cpu_count() or 1})
+    app = FastAPI()
+
+    def predict(m: np.ndarray, a: np.ndarray) -> list[int]:
+        volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
+        return np.rint(volume).astype(np.int64).tolist()
+
+    @app.get("/readyz")
+    def ready() -> str:
+        return "ok"
+
+    @app.get("/predict")
+    def predict_get(vol_moving_avg: float, adj_close_rolling_med: float) -> int:
+        return predict(np.array([vol_moving_avg]), np.array([adj_close_rolling_med]))[0]
+
+    @app.post("/predict_batch")
+    def predict_batch(batch: Batch) -> list[int]:
+        return predict(np.asarray(batch.vol_moving_avg), np.asarray(batch.adj_close_rolling_med))
+
+    return app
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(make_app(Path(args.model)), host="127.0.0.1", port=args.port, log_level="warning")

@@ -1,0 +1,59 @@
+"""Starting and stopping local servers for tests and benchmarks: loopback only, stopped by process
+group id (each server gets its own session), never by name."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, process: subprocess.Popen, path: str = "/readyz", timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, then SIGKILL if it has not gone in 20 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def start_server(
+    command: list[str], port: int, log: Path, ready_path: str = "/readyz"
+) -> tuple[str, subprocess.Popen]:
+    """Run `command` (which must bind 127.0.0.1:port) in a new session; return its URL when ready."""
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_ready(url, process, ready_path)
+    except Exception:
+        stop(process)
+        raise RuntimeError(f"server did not start; its log:\n{log.read_text()[-3000:]}") from None
+    return url, process
