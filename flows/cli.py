@@ -30,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                 "(default: the embedded 39-file sample)",
             )
         sub.add_argument(
-            "--out", default="output", metavar="DIR", help="output directory (default: ./output)"
+            "--out",
+            default=None,
+            metavar="DIR",
+            help="output directory (default: $STOCKPIPE_OUT or ./output)",
         )
         sub.add_argument(
             "--ray-address",
@@ -59,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         "Serve the model trained into <out>/model/ with BentoML: GET/POST /predict, POST /predict_batch."
     )
     serve = commands.add_parser("serve", help=serve_help, description=serve_help)
-    serve.add_argument("--out", default="output", metavar="DIR", help="output directory (default: ./output)")
+    serve.add_argument(
+        "--out", default=None, metavar="DIR", help="output directory (default: $STOCKPIPE_OUT or ./output)"
+    )
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=None, help="port (default 3000)")
     return parser
@@ -89,7 +94,7 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    out = Path(args.out)
+    out = Path(args.out or get_settings().out)
     if out.exists() and not out.is_dir():
         return _fail(f"--out '{out}' exists and is not a directory")
     if hasattr(args, "source"):
