@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,13 @@ class Settings(BaseSettings):
     # Serving.
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
+
+
+    @field_validator("out")
+    @classmethod
+    def _absolute(cls, out: Path) -> Path:
+        # Ray workers do not share the driver's working directory: hand them absolute paths.
+        return out.expanduser().resolve()
 
 
 def get_settings(**overrides: object) -> Settings:

@@ -82,7 +82,7 @@ def _read_capped(fh: io.BufferedIOBase, max_bytes: int) -> bytes:
 
 def open_source(location: str | Path) -> Source:
     """Check that a location is a usable source and say which kind it is."""
-    path = Path(location)
+    path = Path(location).expanduser().resolve()  # workers do not share the driver's directory
     if not path.exists():
         raise SourceError(f"source '{location}' does not exist")
     if path.is_dir():
