@@ -182,7 +182,7 @@ def _print_outputs(layout: Layout, result: dict) -> None:
         bento = result["package"]["bento"]
         print(f"package: model {result['package']['model']} in the BentoML model store, Bento {bento}")
         print(f"  serve this run's model: {sys.argv[0]} serve --out {layout.root}")
-        print(f"  serve the built Bento:  bentoml serve {bento}")
+        print(f"  serve the built Bento:  {Path(sys.argv[0]).parent / 'bentoml'} serve {bento}")
 
 
 if __name__ == "__main__":
