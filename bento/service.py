@@ -76,7 +76,8 @@ def _field(error: dict) -> str:
     return "body" if error.get("type") == "json_invalid" or not loc else ".".join(loc)
 
 
-@bentoml.service(name="stockpipe", traffic={"timeout": 30})
+# Loopback by default, also for a plain `bentoml serve`: exposing it is an explicit --host choice.
+@bentoml.service(name="stockpipe", traffic={"timeout": 30}, http={"host": "127.0.0.1", "port": 3000})
 @bentoml.asgi_app(http, path="/")
 class VolumeService:
     model_ref = bentoml.models.BentoModel(os.environ.get("STOCKPIPE_MODEL_TAG", f"{MODEL_NAME}:latest"))

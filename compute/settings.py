@@ -43,7 +43,6 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 
-
     @field_validator("out")
     @classmethod
     def _absolute(cls, out: Path) -> Path:
