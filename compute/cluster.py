@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import ray
 
@@ -46,31 +48,45 @@ def cluster_cpus() -> int:
     return max(int(ray.cluster_resources().get("CPU", 1)), 1)
 
 
+@dataclass
+class FanOut(Generic[T]):
+    results: list[T]  # in the order of the calls
+    nodes: dict[str, int]  # Ray node id -> tasks it ran
+
+
+def _on_node(fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[str, T]:
+    return ray.get_runtime_context().get_node_id(), fn(*args)
+
+
 def fan_out(
     fn: Callable[..., T],
     calls: Sequence[tuple[Any, ...]],
     *,
     label: str,
     progress: Callable[[str], None] = log.info,
-) -> list[T]:
-    """Run fn(*args) for every args tuple as Ray tasks; results in the order of `calls`.
+) -> FanOut[T]:
+    """Run fn(*args) for every args tuple as Ray tasks, reporting progress as they finish.
 
     A task whose worker dies is retried by Ray (max_retries); an exception raised by fn is a bug
     or bad input that fn did not handle, and is re-raised here.
     """
-    remote = ray.remote(fn).options(max_retries=3, name=f"{label}")
+    remote = ray.remote(_on_node).options(max_retries=3, name=label)
     started = time.perf_counter()
-    index = {remote.remote(*args): i for i, args in enumerate(calls)}
+    index = {remote.remote(fn, args): i for i, args in enumerate(calls)}
     results: list[Any] = [None] * len(calls)
+    nodes: Counter[str] = Counter()
     pending = list(index)
     done_count, next_report = 0, 0.0
     while pending:
         done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=5.0)
         for ref in done:
-            results[index[ref]] = ray.get(ref)
+            node, results[index[ref]] = ray.get(ref)
+            nodes[node] += 1
         done_count += len(done)
         if done_count / len(calls) >= next_report or not pending:
             elapsed = time.perf_counter() - started
-            progress(f"{label}: {done_count}/{len(calls)} tasks done in {elapsed:.1f}s")
+            progress(
+                f"{label}: {done_count}/{len(calls)} tasks done in {elapsed:.1f}s on {len(nodes)} node(s)"
+            )
             next_report += 0.1
-    return results
+    return FanOut(results=results, nodes=dict(nodes))

@@ -66,11 +66,11 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         )
         for part, batch in enumerate(batches)
     ]
-    per_batch: list[list[FileResult]] = fan_out(ingest_batch, calls, label="ingest", progress=progress)
+    fanned = fan_out(ingest_batch, calls, label="ingest", progress=progress)
     publish_dir(stage1, layout.stage1)
     publish_dir(quarantine, layout.quarantine)
 
-    results = [r for batch in per_batch for r in batch]
+    results: list[FileResult] = [r for batch in fanned.results for r in batch]
     report = build_ingest_report(
         source=source.location,
         listing=listing,
@@ -78,6 +78,7 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         metadata_warning=meta_warning,
         seconds=time.perf_counter() - started,
     )
+    report["ray_nodes"] = fanned.nodes
     write_json(report, layout.ingest_report)
     return report
 
@@ -91,9 +92,9 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
         raise FileNotFoundError(f"no stage 1 output in {layout.root}: run `stockpipe ingest` first")
     progress(f"features: {len(parts)} stage-1 parts in {len(parts)} Ray tasks")
     stage2 = staging_dir(layout.stage2)
-    counts = fan_out(
-        features_part, [(str(p), str(stage2)) for p in parts], label="features", progress=progress
-    )
+    calls = [(str(p), str(stage2)) for p in parts]
+    fanned = fan_out(features_part, calls, label="features", progress=progress)
+    counts = fanned.results
     publish_dir(stage2, layout.stage2)
     summary = {
         "parts": len(parts),
@@ -101,6 +102,7 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
         "symbols": sum(c["symbols"] for c in counts),
         "rows_with_features": sum(c["rows_with_features"] for c in counts),
         "seconds": round(time.perf_counter() - started, 3),
+        "ray_nodes": fanned.nodes,
     }
     write_json(summary, layout.features_report)
     return summary

@@ -207,7 +207,7 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     parts = [str(p) for p in parquet_parts(layout.stage2)]
     if not parts:
         raise FileNotFoundError(f"no stage 2 output in {layout.root}: run `stockpipe features` first")
-    counted = fan_out(date_counts, [(p,) for p in parts], label="train-split", progress=progress)
+    counted = fan_out(date_counts, [(p,) for p in parts], label="train-split", progress=progress).results
     dates: dict[str, int] = {}
     for c in counted:
         for d, n in c["dates"].items():
