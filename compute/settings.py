@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     # A source file larger than this is rejected unread (the largest real file is ~1 MB).
     max_file_bytes: int = 64 * 1024 * 1024
 
+    # Where `stockpipe download` and kaggle: sources keep the dataset zip.
+    download_dir: Path = Path("data/downloads")
+
     # Training (see compute/train.py and the README's Model section for why these values).
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # the latest rows, by date, held out
     train_rounds: int = Field(default=40, ge=1)
@@ -43,7 +46,7 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 
-    @field_validator("out")
+    @field_validator("out", "download_dir")
     @classmethod
     def _absolute(cls, out: Path) -> Path:
         # Ray workers do not share the driver's working directory: hand them absolute paths.

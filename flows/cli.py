@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+from compute import download
+from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import Layout
 from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, get_settings
 from compute.sources import SourceError, list_files, open_source
@@ -26,8 +31,8 @@ def _parser() -> argparse.ArgumentParser:
                 "--source",
                 default=str(SAMPLE_SOURCE),
                 metavar="PATH_OR_ZIP",
-                help="Kaggle-layout folder (stocks/, etfs/, symbols_valid_meta.csv) or the Kaggle zip "
-                "(default: the embedded 39-file sample)",
+                help="Kaggle-layout folder (stocks/, etfs/, symbols_valid_meta.csv), the Kaggle zip, or "
+                "kaggle:OWNER/DATASET to download it first (default: the embedded 39-file sample)",
             )
         sub.add_argument(
             "--out",
@@ -58,6 +63,21 @@ def _parser() -> argparse.ArgumentParser:
     add_training(
         add("train", "Stage 3: train XGBoost on Ray from <out>/stage2/ into <out>/model/.", source=False)
     )
+    fetch = commands.add_parser(
+        "download",
+        help="Download the Kaggle dataset zip (skipped when a verified copy is there) and verify it.",
+        description="Download the Kaggle dataset zip with the kaggle package and verify it (a readable "
+        "zip in the Kaggle layout; size and SHA-256 written next to it). Credentials: KAGGLE_USERNAME "
+        "and KAGGLE_KEY, or ~/.kaggle/kaggle.json. Offline? Give the other commands --source with a "
+        "folder or zip instead.",
+    )
+    fetch.add_argument(
+        "--dataset", default=DEFAULT_DATASET, help=f"OWNER/DATASET (default {DEFAULT_DATASET})"
+    )
+    fetch.add_argument(
+        "--dest", default=None, metavar="DIR", help="where to keep the zip (default ./data/downloads)"
+    )
+    fetch.add_argument("--force", action="store_true", help="download again even if a verified copy is there")
     serve_help = (
         "Serve the model trained into <out>/model/ with BentoML: GET/POST /predict, POST /predict_batch."
     )
@@ -94,13 +114,15 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "download":
+        return _download(args.dataset, args.dest, args.force)
     out = Path(args.out or get_settings().out)
     if out.exists() and not out.is_dir():
         return _fail(f"--out '{out}' exists and is not a directory")
     if hasattr(args, "source"):
         try:
-            list_files(open_source(args.source), get_settings().max_file_bytes)
-        except SourceError as exc:
+            _check_source(args.source)
+        except (SourceError, DownloadError) as exc:
             return _fail(str(exc))
     elif args.command == "features" and not Layout(out).stage1.is_dir():
         return _fail(f"no stage 1 output in '{out}': run `stockpipe ingest --out {out}` first")
@@ -114,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     from flows import pipeline
 
     common = {"out": str(out), "ray_address": args.ray_address}
+    try:
+        result = _run_flow(pipeline, args, common)
+    except DownloadError as exc:  # e.g. the network went away between the check and the download
+        return _fail(str(exc))
+    _print_outputs(Layout(out), result)
+    return 0
+
+
+def _run_flow(pipeline: ModuleType, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
     training = {"train_device": args.device, "train_rounds": args.rounds} if hasattr(args, "device") else {}
     if args.command == "run":
         result = pipeline.stock_pipeline(source=args.source, **common, **training)
@@ -123,7 +154,31 @@ def main(argv: list[str] | None = None) -> int:
         result = {"features": pipeline.features_flow(**common)}
     else:
         result = {"train": pipeline.train_flow(**common, **training)}
-    _print_outputs(Layout(out), result)
+    return result
+
+
+def _check_source(source: str) -> None:
+    """Refuse a bad source before anything starts; for kaggle: sources, check access if needed."""
+    settings = get_settings()
+    dataset = download.kaggle_dataset(source)
+    if dataset is None:
+        list_files(open_source(source), settings.max_file_bytes)
+    elif not download.is_verified(download.zip_path(dataset, settings.download_dir)):
+        download.check_access()
+
+
+def _download(dataset: str, dest: str | None, force: bool) -> int:
+    settings = get_settings(download_dir=dest)
+    try:
+        download.kaggle_dataset(f"{download.KAGGLE_PREFIX}{dataset}")
+        path, fetched = download.fetch(dataset, settings.download_dir, settings.max_file_bytes, force=force)
+    except DownloadError as exc:
+        return _fail(str(exc))
+    info = json.loads(path.with_name(path.name + ".json").read_text())
+    state = "downloaded and verified" if fetched else "already there and verified; not downloaded again"
+    print(f"{path}: {state}")
+    print(f"  {info['bytes']:,} bytes, sha256 {info['sha256']}, {info['symbol_files']:,} symbol files")
+    print(f"  use it: stockpipe run --source {path}")
     return 0
 
 

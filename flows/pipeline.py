@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from bento import package
-from compute import cluster, stages, train
+from compute import cluster, download, stages, train
 from compute.layout import Layout
 from compute.report import ingest_markdown, training_markdown
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
@@ -20,6 +20,26 @@ def _settings(out: str, ray_address: str | None, **overrides: Any) -> Settings:
     if url:
         get_run_logger().info("Ray dashboard: %s (token: `ray get-auth-token`)", url)
     return settings
+
+
+@task(
+    name="download",
+    task_run_name="download {dataset}",
+    tags=["stage:download"],
+    retries=2,
+    retry_delay_seconds=15,
+)
+def fetch_dataset(dataset: str, settings: Settings) -> str:
+    """The verified Kaggle zip (downloaded only if no verified copy is on disk yet)."""
+    path, downloaded = download.fetch(dataset, settings.download_dir, settings.max_file_bytes)
+    get_run_logger().info("%s %s", "downloaded" if downloaded else "using the verified copy", path)
+    return str(path)
+
+
+def _local_source(source: str, settings: Settings) -> str:
+    """A kaggle:OWNER/DATASET source becomes the downloaded zip; anything else is used as is."""
+    dataset = download.kaggle_dataset(source)
+    return fetch_dataset(dataset, settings) if dataset else source
 
 
 @task(name="ingest", task_run_name="ingest {source}", tags=["stage:ingest"])
@@ -66,9 +86,10 @@ def stock_pipeline(
     train_device: str | None = None,
     train_rounds: int | None = None,
 ) -> dict[str, Any]:
-    """Ingest `source`, compute rolling features, train the model, and build the Bento, under `out`."""
+    """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
+    model, and build the Bento, all under `out`."""
     settings = _settings(out, ray_address, train_device=train_device, train_rounds=train_rounds)
-    report = ingest(source, settings)
+    report = ingest(_local_source(source, settings), settings)
     summary = features(settings)
     metrics = train_model(settings)
     packaged = package_model(settings)
@@ -79,7 +100,8 @@ def stock_pipeline(
 def ingest_flow(
     source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None
 ) -> dict:
-    return ingest(source, _settings(out, ray_address))
+    settings = _settings(out, ray_address)
+    return ingest(_local_source(source, settings), settings)
 
 
 @flow(name="features-stage")
