@@ -18,11 +18,11 @@ from compute.layout import Layout
 from compute.metrics import ErrorSums
 from compute.settings import Settings, get_settings
 from compute.storage import parquet_parts
-from compute.train import _fit, _load_shard, date_counts, holdout_cutoff, run_train, xgb_params
+from compute.train import date_counts, fit_split, holdout_cutoff, load_shard, run_train, xgb_params
 
 
 def plain_xgboost(stage2: Path, settings: Settings, threads: int) -> dict[str, float]:
-    """The same per-worker code (`_fit`), run once in this process over every row."""
+    """The same per-worker code (`fit_split`), run once in this process over every row."""
     parts = [str(p) for p in parquet_parts(stage2)]
     dates: dict[str, int] = {}
     for part in parts:
@@ -30,9 +30,9 @@ def plain_xgboost(stage2: Path, settings: Settings, threads: int) -> dict[str, f
             dates[d] = dates.get(d, 0) + n
     cutoff = holdout_cutoff(dates, settings.holdout_fraction)
     started = time.perf_counter()
-    shard = _load_shard(parts, cutoff, settings.holdout_fraction, settings.seed)
+    shard = load_shard(parts, cutoff, settings.holdout_fraction, settings.seed)
     load = time.perf_counter() - started
-    fitted = _fit(xgb_params(settings, "cpu", threads), settings.train_rounds, shard, shard["time_test"])
+    fitted = fit_split(xgb_params(settings, "cpu", threads), settings.train_rounds, shard, shard["time_test"])
     return {"load_s": load, "train_s": fitted["seconds"], **ErrorSums(**fitted["model"]).metrics()}
 
 

@@ -8,6 +8,7 @@ The same workers then train a second model on a random 80/20 split, for comparis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import platform
@@ -67,7 +68,7 @@ def holdout_cutoff(dates: dict[str, int], holdout_fraction: float) -> str:
 # --- per worker -----------------------------------------------------------------------------------
 
 
-def _load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int) -> dict[str, np.ndarray]:
+def load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int) -> dict[str, np.ndarray]:
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "volume", "date", "time_test", "random_test")}
     for part in parts:
         table = pq.read_table(part, columns=["Date", TARGET_COLUMN, *FEATURE_COLUMNS])
@@ -86,7 +87,7 @@ def _load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int
     return {k: np.concatenate(v) for k, v in arrays.items()}
 
 
-def _fit(
+def fit_split(
     params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray], test: np.ndarray
 ) -> dict[str, Any]:
     x, volume, m = shard["x"], shard["volume"], shard["x"][:, 0]
@@ -127,14 +128,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
     started = time.perf_counter()
-    shard = _load_shard(
+    shard = load_shard(
         config["parts"][rank::size], config["cutoff"], config["random_fraction"], config["seed"]
     )
     load_seconds = time.perf_counter() - started
 
-    timed = _fit(config["params"], config["rounds"], shard, shard["time_test"])
+    timed = fit_split(config["params"], config["rounds"], shard, shard["time_test"])
     rand = (
-        _fit(config["params"], config["rounds"], shard, shard["random_test"])
+        fit_split(config["params"], config["rounds"], shard, shard["random_test"])
         if config["compare_random"]
         else None
     )
@@ -370,8 +371,6 @@ def _publish(
 
 
 def _data_hash(files: list[Path]) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for f in files:
         digest.update(f.name.encode())
