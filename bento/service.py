@@ -21,6 +21,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compute import model as contract
 
@@ -68,6 +69,13 @@ async def _invalid_request(_request: Request, exc: RequestValidationError) -> JS
     """400, as BentoML answers for its own routes, with one line per problem naming the field."""
     problems = [f"{_field(e)}: {e['msg']}" for e in exc.errors()]
     return JSONResponse(status_code=400, content={"error": "; ".join(problems), "detail": problems})
+
+
+@http.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own 4xx (e.g. a body it cannot decode at all) in the same shape as ours."""
+    message = "body: not valid JSON" if "parsing the body" in str(exc.detail) else str(exc.detail)
+    return JSONResponse(status_code=exc.status_code, content={"error": message}, headers=exc.headers)
 
 
 def _field(error: dict) -> str:

@@ -42,7 +42,8 @@ def _local_source(source: str, settings: Settings) -> str:
     return fetch_dataset(dataset, settings) if dataset else source
 
 
-@task(name="ingest", task_run_name="ingest {source}", tags=["stage:ingest"])
+# Stages publish their outputs atomically, so running one again after a failure is always safe.
+@task(name="ingest", task_run_name="ingest {source}", tags=["stage:ingest"], retries=1, retry_delay_seconds=5)
 def ingest(source: str, settings: Settings) -> dict[str, Any]:
     report = stages.run_ingest(source, settings, progress=get_run_logger().info)
     create_markdown_artifact(
@@ -51,7 +52,7 @@ def ingest(source: str, settings: Settings) -> dict[str, Any]:
     return {k: v for k, v in report.items() if k != "per_file"}
 
 
-@task(name="features", tags=["stage:features"])
+@task(name="features", tags=["stage:features"], retries=1, retry_delay_seconds=5)
 def features(settings: Settings) -> dict[str, Any]:
     return stages.run_features(settings, progress=get_run_logger().info)
 
@@ -67,7 +68,7 @@ def train_model(settings: Settings) -> dict[str, Any]:
     return metrics
 
 
-@task(name="package", tags=["stage:serve"])
+@task(name="package", tags=["stage:serve"], retries=1, retry_delay_seconds=5)
 def package_model(settings: Settings) -> dict[str, str]:
     """Register the model in the BentoML model store and build the Bento that serves it."""
     model_tag = package.register_model(Layout(settings.out).model)

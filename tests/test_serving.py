@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bench.procs import free_port, start_server, stop
 from bento.service import MAX_BATCH
@@ -152,3 +155,61 @@ def test_built_bento_serves_the_same_answers(
         assert r.status_code == 200 and not math.isnan(r.json())
     finally:
         stop(process)
+
+
+# --- abuse: whatever arrives, the answer is a 200 or a 4xx with a message, never a 5xx ---------------
+
+ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=10,
+)
+FEATURE = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**20), 10**20) | ANY_JSON
+
+
+def assert_answer_or_clear_4xx(r: httpx.Response) -> None:
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    if r.status_code == 200:
+        assert isinstance(r.json(), int | list)
+    else:
+        assert 400 <= r.status_code < 500 and r.json().get("error"), r.text[:500]
+        assert "Traceback" not in r.text
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.dictionaries(st.sampled_from(["vol_moving_avg", "adj_close_rolling_med", "x"]), FEATURE))
+def test_post_predict_never_fails_on_any_json(served: str, body: dict) -> None:
+    text = json.dumps(body, allow_nan=True)
+    r = httpx.post(f"{served}/predict", content=text, headers={"content-type": "application/json"})
+    assert_answer_or_clear_4xx(r)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    params=st.dictionaries(st.sampled_from(["vol_moving_avg", "adj_close_rolling_med"]), st.text(max_size=30))
+)
+def test_get_predict_never_fails_on_any_query(served: str, params: dict) -> None:
+    assert_answer_or_clear_4xx(httpx.get(f"{served}/predict", params=params))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.fixed_dictionaries(
+        {
+            "vol_moving_avg": st.lists(FEATURE, max_size=20),
+            "adj_close_rolling_med": st.lists(FEATURE, max_size=20),
+        }
+    )
+    | st.dictionaries(st.text(max_size=25), ANY_JSON, max_size=3)
+)
+def test_predict_batch_never_fails_on_any_json(served: str, body: dict) -> None:
+    text = json.dumps(body, allow_nan=True)
+    r = httpx.post(f"{served}/predict_batch", content=text, headers={"content-type": "application/json"})
+    assert_answer_or_clear_4xx(r)
+
+
+def test_body_that_is_not_json_at_all(served: str) -> None:
+    for body in [b"\xff\xfe\x00", b"[]", b"null", b'"x"', b"1e999", b"{" * 1000]:
+        for route in ("/predict", "/predict_batch"):
+            r = httpx.post(f"{served}{route}", content=body, headers={"content-type": "application/json"})
+            assert_answer_or_clear_4xx(r)
