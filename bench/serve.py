@@ -1,6 +1,7 @@
 """Serving throughput and latency over loopback, for a model trained into --out.
 
     python -m bench.serve --out output [--seconds 10] [--concurrency 1 8 32]
+    python -m bench.serve --out output --soak 60      # load test: errors and memory growth
 
 Starts `stockpipe serve` (BentoML) and, as the reference, a bare FastAPI + uvicorn app serving the
 same booster through the same code; for each: GET /predict at each concurrency for a bounded time
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,8 +22,10 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+import psutil
 
 from bench.procs import free_port, start_server, stop
+from bench.proctree import tree_pss
 
 BATCH_ROWS = 100_000
 
@@ -89,6 +93,21 @@ def measure(name: str, url: str, concurrencies: list[int], seconds: float) -> No
     print(f"{name:10} POST /predict_batch  {asyncio.run(batch_load(url, seconds)):12,.0f} rows/s", flush=True)
 
 
+def soak(url: str, process: subprocess.Popen, seconds: float, concurrency: int = 32) -> None:
+    """A bounded load test: GET /predict for `seconds`, with the server's memory before and after."""
+    asyncio.run(get_load(url, concurrency, 5))  # warm up: first requests allocate caches
+    before = tree_pss(psutil.Process(process.pid))
+    r = asyncio.run(get_load(url, concurrency, seconds))
+    after = tree_pss(psutil.Process(process.pid))
+    mib = 2**20
+    print(
+        f"soak {seconds:.0f} s, c={concurrency}: {r['requests']:,} requests, {r['errors']} errors, "
+        f"{r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; server memory "
+        f"(PSS) {before / mib:,.1f} MiB before, {after / mib:,.1f} MiB after ({(after - before) / mib:+.1f} MiB)",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -96,12 +115,28 @@ def main() -> None:
     parser.add_argument("--out", default="output", help="folder holding model/ (default ./output)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument(
+        "--soak",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="instead: load-test BentoML at c=32, with memory",
+    )
     args = parser.parse_args()
     model = Path(args.out) / "model"
     if not (model / "model.bin").is_file():
         parser.error(f"no model in {model}: run `stockpipe run --out {args.out}` first")
 
     logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    if args.soak:
+        port = free_port()
+        command = [sys.executable, "-m", "flows.cli", "serve", "--out", args.out, "--port", str(port)]
+        url, process = start_server(command, port, logs / "soak.log")
+        try:
+            soak(url, process, args.soak)
+        finally:
+            stop(process)
+        return
     servers = {
         "bentoml": [sys.executable, "-m", "flows.cli", "serve", "--out", args.out, "--port"],
         "bare": [sys.executable, "-m", "bench.bare_app", "--model", str(model), "--port"],
