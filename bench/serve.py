@@ -103,7 +103,8 @@ def soak(url: str, process: subprocess.Popen, seconds: float, concurrency: int =
     print(
         f"soak {seconds:.0f} s, c={concurrency}: {r['requests']:,} requests, {r['errors']} errors, "
         f"{r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; server memory "
-        f"(PSS) {before / mib:,.1f} MiB before, {after / mib:,.1f} MiB after ({(after - before) / mib:+.1f} MiB)",
+        f"(PSS) {before / mib:,.1f} MiB before, {after / mib:,.1f} MiB after "
+        f"({(after - before) / mib:+.1f} MiB)",
         flush=True,
     )
 
