@@ -57,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("--rounds", type=_positive_int, default=None, help="boosting rounds (default 40)")
 
-    add_training(add("run", "Run the whole pipeline: ingest, features, train, then build the Bento."))
+    run = add("run", "Run the whole pipeline: ingest, features, train, then build the Bento.")
+    add_training(run)
+    run.add_argument(
+        "--stop-after",
+        choices=["features", "train", "package"],
+        default="package",
+        help="last stage to run (default: package, i.e. everything)",
+    )
     add("ingest", "Stage 1: read every symbol file into <out>/stage1/, bad rows into <out>/quarantine/.")
     add("features", "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.", source=False)
     add_training(
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_flow(pipeline: ModuleType, args: argparse.Namespace, common: dict[str, Any]) -> dict[str, Any]:
     training = {"train_device": args.device, "train_rounds": args.rounds} if hasattr(args, "device") else {}
     if args.command == "run":
-        result = pipeline.stock_pipeline(source=args.source, **common, **training)
+        result = pipeline.stock_pipeline(source=args.source, stop_after=args.stop_after, **common, **training)
     elif args.command == "ingest":
         result = {"ingest": pipeline.ingest_flow(source=args.source, **common)}
     elif args.command == "features":

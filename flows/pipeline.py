@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -86,15 +86,18 @@ def stock_pipeline(
     ray_address: str | None = None,
     train_device: str | None = None,
     train_rounds: int | None = None,
+    stop_after: Literal["features", "train", "package"] = "package",
 ) -> dict[str, Any]:
     """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
-    model, and build the Bento, all under `out`."""
+    model, and build the Bento, all under `out` (or stop after an earlier stage)."""
     settings = _settings(out, ray_address, train_device=train_device, train_rounds=train_rounds)
-    report = ingest(_local_source(source, settings), settings)
-    summary = features(settings)
-    metrics = train_model(settings)
-    packaged = package_model(settings)
-    return {"ingest": report, "features": summary, "train": metrics, "package": packaged}
+    result: dict[str, Any] = {"ingest": ingest(_local_source(source, settings), settings)}
+    result["features"] = features(settings)
+    if stop_after in ("train", "package"):
+        result["train"] = train_model(settings)
+    if stop_after == "package":
+        result["package"] = package_model(settings)
+    return result
 
 
 @flow(name="ingest-stage")

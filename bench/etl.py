@@ -1,0 +1,152 @@
+"""ETL benchmark: stockpipe's ingest + features through the real flow (Prefect + Ray), beside the
+references (pandas the seed's way, one Polars lazy query, and the pyarrow parse floor), on the
+same input in the same run, so the results are ratios, not absolute seconds on a noisy machine.
+
+    python -m bench.etl --source ../shared/data/stock-market-dataset-2021.zip [--scale 3]
+
+A zip is unpacked once (safely: only stocks/, etfs/ and the metadata) into bench/.cache/;
+`--scale N` builds, once, a dataset N times larger by linking every file under new symbol names
+(AAPL -> AAPL.R1, AAPL.R2, ...). Every run is its own process; memory is the peak PSS of its whole
+process tree (for stockpipe: driver, Prefect's server, Ray's daemons and workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from bench.proctree import measure
+from compute.schema import META_FILE, META_SYMBOL_COLUMN
+from compute.sources import list_files, open_source
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+
+
+def unpacked(source: Path) -> Path:
+    """A Kaggle-layout folder for `source` (itself, or the zip unpacked once into the cache)."""
+    if source.is_dir():
+        return source
+    target = CACHE / source.stem
+    if not (target / ".complete").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        listing = list_files(open_source(source), 1 << 30)  # the same refusal of unsafe paths
+        members = [f.member for f in listing.files] + ([listing.meta_member] if listing.meta_member else [])
+        with zipfile.ZipFile(source) as archive:
+            for member in members:
+                path = target / "/".join(Path(member).parts[-2:]) if "/" in member else target / member
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(archive.read(member))
+        (target / ".complete").write_text("")
+    return target
+
+
+def scaled(folder: Path, scale: int) -> Path:
+    if scale == 1:
+        return folder
+    target = CACHE / f"{folder.name}-x{scale}"
+    if (target / ".complete").exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    for kind in ("stocks", "etfs"):
+        (target / kind).mkdir(parents=True)
+        for path in sorted((folder / kind).glob("*.csv")):
+            os.link(path, target / kind / path.name)
+            for k in range(1, scale):
+                os.link(path, target / kind / f"{path.stem}.R{k}.csv")
+    lines = (folder / META_FILE).read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    column = header.split(",").index(META_SYMBOL_COLUMN)
+    out = [header, *rows]
+    for k in range(1, scale):
+        for row in rows:
+            cells = row.split(",")
+            cells[column] = f"{cells[column]}.R{k}"
+            out.append(",".join(cells))
+    (target / META_FILE).write_text("\n".join(out) + "\n")
+    (target / ".complete").write_text("")
+    return target
+
+
+def csv_stats(folder: Path) -> tuple[int, int]:
+    files = [*folder.glob("stocks/*.csv"), *folder.glob("etfs/*.csv")]
+    return len(files), sum(f.stat().st_size for f in files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--source", type=Path, required=True, help="Kaggle-layout folder or zip")
+    parser.add_argument("--scale", type=int, default=1, help="replicate the files N times (default 1)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["pandas", "polars", "floor"])
+    args = parser.parse_args()
+    folder = scaled(unpacked(args.source.resolve()), args.scale)
+    files, csv_bytes = csv_stats(folder)
+    print(f"input: {folder} ({files:,} files, {csv_bytes / 1e6:,.0f} MB of CSV)", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="bench-etl-"))
+    env_python = sys.executable
+    rows: list[tuple[str, float, int, str]] = []
+    try:
+        out = work / "stockpipe"
+        command = [env_python, "-m", "flows.cli", "run", "--stop-after", "features"]
+        code, wall, peak = measure([*command, "--source", str(folder), "--out", str(out)])
+        if code != 0:
+            raise SystemExit(f"stockpipe run failed with {code}")
+        ingest = json.loads((out / "reports" / "ingest.json").read_text())
+        features = json.loads((out / "reports" / "features.json").read_text())
+        kept = ingest["rows"]["kept"]
+        compute_s = ingest["seconds"] + features["seconds"]
+        rows.append(("stockpipe: ingest stage", ingest["seconds"], 0, ""))
+        rows.append(("stockpipe: features stage", features["seconds"], 0, ""))
+        rows.append(("stockpipe: compute (ingest + features)", compute_s, 0, ""))
+        rows.append(("stockpipe: start-up (Prefect, Ray) + rest", wall - compute_s, 0, ""))
+        rows.append(("stockpipe run, cold, whole command", wall, peak, ""))
+        for name in ("pandas", "polars", "floor"):
+            if name in args.skip:
+                continue
+            ref = [
+                env_python,
+                "-m",
+                "bench.references",
+                name,
+                "--source",
+                str(folder),
+                "--out",
+                str(work / name),
+            ]
+            code, wall_ref, peak_ref = measure(ref)
+            rows.append((f"reference: {name}", wall_ref, peak_ref, "" if code == 0 else f"exit {code}"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    by_name = {name: seconds for name, seconds, _, _ in rows}
+    cold = by_name["stockpipe run, cold, whole command"]
+    print(f"{'':42} {'seconds':>8} {'rows/s':>12} {'MB/s':>7} {'peak MiB':>9}")
+    for name, seconds, peak, note in rows:
+        peak_text = f"{peak / 2**20:9,.0f}" if peak else " " * 9
+        print(
+            f"{name:42} {seconds:8.1f} {kept / seconds:12,.0f} {csv_bytes / 1e6 / seconds:7.1f} {peak_text} {note}"
+        )
+    print(f"rows kept: {kept:,}")
+    if "reference: floor" in by_name:
+        print(f"compute / parse floor: {compute_s / by_name['reference: floor']:.2f}x")
+    if "reference: polars" in by_name:
+        print(
+            f"cold run / polars: {by_name['stockpipe run, cold, whole command'] / by_name['reference: polars']:.2f}x"
+        )
+        print(f"compute / polars (a warm run's share): {compute_s / by_name['reference: polars']:.2f}x")
+    if "reference: pandas" in by_name:
+        print(
+            f"cold run / pandas: {by_name['stockpipe run, cold, whole command'] / by_name['reference: pandas']:.2f}x"
+        )
+
+
+if __name__ == "__main__":
+    main()
