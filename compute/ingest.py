@@ -40,6 +40,21 @@ VALUE_COLUMNS = CSV_COLUMNS[1:]
 EXPECTED_HEADER = ",".join(CSV_COLUMNS)
 MAX_EXACT_VOLUME = 2**53
 DATE_RE = r"^\d{4}-\d{2}-\d{2}$"
+# Row rules in the order they are applied (see the module docstring); malformed_row is decided
+# by the CSV reader, before these.
+ROW_RULES = (
+    "blank_line",
+    "bad_date",
+    "empty_row",
+    "non_numeric",
+    "missing_value",
+    "non_finite",
+    "negative_price",
+    "negative_volume",
+    "fractional_volume",
+    "volume_too_large",
+    "duplicate_date",
+)
 
 
 class FileRejected(Exception):
@@ -87,14 +102,13 @@ def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
     all_lines = np.arange(2, 2 + result.rows_read, dtype=np.int64)
     row_lines = all_lines[~np.isin(all_lines, bad_lines)] if len(invalid) else all_lines
 
-    dates = raw.column("Date")
+    dates = raw.column("Date").combine_chunks()  # kept in Arrow: no Python string per row
     num, null, non_numeric = _numbers(raw)
 
     any_non_numeric = np.logical_or.reduce([non_numeric[c] for c in VALUE_COLUMNS])
     all_null = np.logical_and.reduce([null[c] for c in VALUE_COLUMNS]) & ~any_non_numeric
     any_null = np.logical_or.reduce([null[c] & ~non_numeric[c] for c in VALUE_COLUMNS])
-    date_str = dates.to_numpy(zero_copy_only=False)
-    blank = all_null & (date_str == "")
+    blank = all_null & pc.equal(dates, "").to_numpy(zero_copy_only=False)
     valid_date = _valid_dates(dates)
     with np.errstate(invalid="ignore"):
         finite = np.logical_and.reduce([np.isfinite(num[c]) | null[c] for c in VALUE_COLUMNS])
@@ -104,36 +118,39 @@ def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
         fractional = np.floor(volume) != volume
         too_large = volume > MAX_EXACT_VOLUME
 
-    rules: list[tuple[str, np.ndarray]] = [
-        ("blank_line", blank),
-        ("bad_date", ~valid_date),
-        ("empty_row", all_null),
-        ("non_numeric", any_non_numeric),
-        ("missing_value", any_null),
-        ("non_finite", ~finite),
-        ("negative_price", negative_price),
-        ("negative_volume", negative_volume),
-        ("fractional_volume", fractional),
-        ("volume_too_large", too_large),
-    ]
-    reason = np.full(n, "", dtype=object)
-    for name, mask in rules:
-        reason[(reason == "") & mask] = name
+    masks = {
+        "blank_line": blank,
+        "bad_date": ~valid_date,
+        "empty_row": all_null,
+        "non_numeric": any_non_numeric,
+        "missing_value": any_null,
+        "non_finite": ~finite,
+        "negative_price": negative_price,
+        "negative_volume": negative_volume,
+        "fractional_volume": fractional,
+        "volume_too_large": too_large,
+    }
+    reason = np.zeros(n, dtype=np.int8)  # 0 = good, else 1 + index into ROW_RULES
+    for code, rule in enumerate(ROW_RULES, start=1):
+        if rule in masks:  # duplicate_date is decided below, among the good rows
+            reason[(reason == 0) & masks[rule]] = code
 
-    # Order the good rows by date (stable, so the first line of a repeated date wins).
-    good = np.flatnonzero(reason == "")
-    order = good[np.argsort(date_str[good], kind="stable")]
+    # Order the good rows by date (a stable sort, so the first line of a repeated date wins).
+    good = np.flatnonzero(reason == 0)
+    good_dates = dates.take(pa.array(good))
+    order = good[pc.array_sort_indices(good_dates).to_numpy()]
     result.reordered = bool(len(order)) and not np.array_equal(order, good)
-    sorted_dates = date_str[order]
+    sorted_dates = dates.take(pa.array(order))
     dup = np.zeros(len(order), dtype=bool)
-    dup[1:] = sorted_dates[1:] == sorted_dates[:-1]
-    reason[order[dup]] = "duplicate_date"
+    if len(order) > 1:
+        dup[1:] = pc.equal(sorted_dates[1:], sorted_dates[:-1]).to_numpy(zero_copy_only=False)
+    reason[order[dup]] = ROW_RULES.index("duplicate_date") + 1
     keep = order[~dup]
 
     prices = {c: _exact_float32(num[c][keep], c, row_lines[keep]) for c in PRICE_COLUMNS}
     table = pa.table(
         {
-            "Date": pa.array(date_str[keep], pa.string()),
+            "Date": dates.take(pa.array(keep)),
             **{c: pa.array(prices[c], pa.float32()) for c in PRICE_COLUMNS},
             "Volume": pa.array(volume[keep].astype(np.int64), pa.int64()),
         }
@@ -141,8 +158,9 @@ def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
     result.rows_kept = table.num_rows
     result.zero_prices = {c: int(n_zero) for c in PRICE_COLUMNS if (n_zero := (prices[c] == 0).sum())}
 
-    bad = np.flatnonzero(reason != "")
-    quarantine = _quarantine_table(member, data, row_lines[bad], reason[bad].tolist(), invalid)
+    bad = np.flatnonzero(reason != 0)
+    names = [ROW_RULES[code - 1] for code in reason[bad]]
+    quarantine = _quarantine_table(member, data, row_lines[bad], names, invalid)
     counts: dict[str, int] = {}
     for r in quarantine.column("reason").to_pylist():
         counts[r] = counts.get(r, 0) + 1
@@ -226,7 +244,7 @@ def _to_float(text: str) -> float | None:
         return None
 
 
-def _valid_dates(dates: pa.ChunkedArray) -> np.ndarray:
+def _valid_dates(dates: pa.Array) -> np.ndarray:
     shaped = pc.match_substring_regex(dates, DATE_RE)
     parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
     return pc.and_(shaped, pc.is_valid(parsed)).to_numpy(zero_copy_only=False)
@@ -318,8 +336,8 @@ def _failed(f: SourceFile, reason: str, rows_read: int) -> FileResult:
 def _with_identity(table: pa.Table, symbol: str, name: str | None) -> pa.Table:
     n = table.num_rows
     columns = {
-        "Symbol": pa.array([symbol] * n, pa.string()),
-        "Security Name": pa.array([name] * n, pa.string()),
+        "Symbol": pa.repeat(pa.scalar(symbol, pa.string()), n),
+        "Security Name": pa.repeat(pa.scalar(name, pa.string()), n),
         **{c: table.column(c) for c in table.column_names},
     }
     return pa.table(columns, schema=STAGE1)
