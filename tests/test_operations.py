@@ -133,10 +133,10 @@ def test_deployment_runs_on_a_worker_from_a_real_server(
 
 
 def ray_node(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port"]  # fmt: skip
-    args = [arg for port in ports for arg in (port, str(free_port()))]
-    return spawn([str(BIN / "ray"), "start", *command, "--num-cpus", "1", *args, "--block"], env, log)
+    # Ray binds every other port itself when it starts (0 = any free one); only the dashboard
+    # agent's port is fixed by default (52365), and two nodes on one host cannot share it.
+    agent = ["--dashboard-agent-listen-port", str(free_port())]
+    return spawn([str(BIN / "ray"), "start", *command, "--num-cpus", "1", *agent, "--block"], env, log)
 
 
 def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
@@ -164,6 +164,8 @@ def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
             return result.stdout.strip().endswith("2")
 
         wait_for(two_nodes, "two-node Ray cluster", nodes[1], tmp_path / "w.log", timeout=120)
+        time.sleep(3)  # a node that fails just after joining is only declared dead a moment later
+        assert two_nodes(), f"a Ray node died after joining:\n{(tmp_path / 'w.log').read_text()[-3000:]}"
 
         out = tmp_path / "out"
         stockpipe = [sys.executable, "-m", "flows.cli", "run", "--out", str(out), "--ray-address", address]
