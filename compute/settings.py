@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     batch_bytes: int = 6_000_000
     # A source file larger than this is rejected unread (the largest real file is ~1 MB).
     max_file_bytes: int = 64 * 1024 * 1024
+    # Rebuild every stage even when its inputs, code and settings are unchanged since the last run.
+    force: bool = False
 
     # Where `stockpipe download` and kaggle: sources keep the dataset zip.
     download_dir: Path = Path("data/downloads")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compute import features, ingest, manifest, schema, sources
 from compute.cluster import cluster_cpus, fan_out
 from compute.features import features_part
 from compute.ingest import FileResult, ingest_batch
@@ -50,6 +51,17 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
     listing = list_files(source, settings.max_file_bytes)
     names, meta_warning = read_security_names(source, listing, settings.max_file_bytes)
     batches = plan_batches(listing.files, settings.batch_bytes, cluster_cpus())
+    fingerprint = manifest.digest(
+        manifest.source_inputs(source, listing),
+        manifest.code(ingest, sources, schema),
+        settings.max_file_bytes,
+        [[f.member for f in batch] for batch in batches],
+    )
+    if not settings.force and (previous := manifest.reusable(layout.stage1, fingerprint)):
+        progress(f"ingest: {source.location} and the code are unchanged since the last run: stage 1 reused")
+        report = {**previous, "reused": True}
+        write_json(report, layout.ingest_report)
+        return report
     progress(f"ingest: {len(listing.files)} files from {source.location} in {len(batches)} Ray tasks")
 
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -67,9 +79,6 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         for part, batch in enumerate(batches)
     ]
     fanned = fan_out(ingest_batch, calls, label="ingest", progress=progress)
-    publish_dir(stage1, layout.stage1)
-    publish_dir(quarantine, layout.quarantine)
-
     results: list[FileResult] = [r for batch in fanned.results for r in batch]
     report = build_ingest_report(
         source=source.location,
@@ -79,6 +88,10 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         seconds=time.perf_counter() - started,
     )
     report["ray_nodes"] = fanned.nodes
+    # Quarantine first: a stage 1 carrying a manifest then always has its quarantine beside it.
+    publish_dir(quarantine, layout.quarantine)
+    manifest.write(stage1, fingerprint, {k: v for k, v in report.items() if k != "per_file"})
+    publish_dir(stage1, layout.stage1)
     write_json(report, layout.ingest_report)
     return report
 
@@ -90,12 +103,22 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
     parts = parquet_parts(layout.stage1)
     if not layout.stage1.is_dir():
         raise FileNotFoundError(f"no stage 1 output in {layout.root}: run `stockpipe ingest` first")
+    # Stage 1's own fingerprint when it has one (a stage 1 written by this pipeline always does).
+    stage1 = manifest.read(layout.stage1)
+    stage1_id = (
+        stage1["fingerprint"] if stage1 else [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts]
+    )
+    fingerprint = manifest.digest(stage1_id, manifest.code(features, schema))
+    if not settings.force and (previous := manifest.reusable(layout.stage2, fingerprint)):
+        progress("features: stage 1 and the code are unchanged since the last run: stage 2 reused")
+        summary = {**previous, "reused": True}
+        write_json(summary, layout.features_report)
+        return summary
     progress(f"features: {len(parts)} stage-1 parts in {len(parts)} Ray tasks")
     stage2 = staging_dir(layout.stage2)
     calls = [(str(p), str(stage2)) for p in parts]
     fanned = fan_out(features_part, calls, label="features", progress=progress)
     counts = fanned.results
-    publish_dir(stage2, layout.stage2)
     summary = {
         "parts": len(parts),
         "rows": sum(c["rows"] for c in counts),
@@ -104,5 +127,7 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
         "seconds": round(time.perf_counter() - started, 3),
         "ray_nodes": fanned.nodes,
     }
+    manifest.write(stage2, fingerprint, summary)
+    publish_dir(stage2, layout.stage2)
     write_json(summary, layout.features_report)
     return summary

@@ -13,6 +13,7 @@ import json
 import logging
 import platform
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -27,6 +28,8 @@ import ray
 import xgboost as xgb
 from xgboost import collective
 
+from compute import manifest
+from compute import metrics as metrics_module
 from compute import model as contract
 from compute.cluster import fan_out
 from compute.layout import Layout
@@ -208,6 +211,10 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     parts = [str(p) for p in parquet_parts(layout.stage2)]
     if not parts:
         raise FileNotFoundError(f"no stage 2 output in {layout.root}: run `stockpipe features` first")
+    fingerprint = _fingerprint(layout, settings)
+    if not settings.force and (previous := _reusable_model(layout, fingerprint)):
+        progress("train: stage 2, the code and the training settings are unchanged: model reused")
+        return {**previous, "reused": True}
     counted = fan_out(date_counts, [(p,) for p in parts], label="train-split", progress=progress).results
     dates: dict[str, int] = {}
     for c in counted:
@@ -265,10 +272,38 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
             "load_seconds": round(max(r["load_seconds"] for r in results), 3),
             "stage_seconds": round(time.perf_counter() - started, 3),
         }
+        metrics["fingerprint"] = fingerprint
         _publish(work, layout, results, metrics, settings)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def _fingerprint(layout: Layout, settings: Settings) -> str:
+    """What the model is built from: stage 2, this code, the training settings, the device."""
+    stage2 = manifest.read(layout.stage2)
+    parts = parquet_parts(layout.stage2)
+    stage2_id = (
+        stage2["fingerprint"] if stage2 else [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts]
+    )
+    training = settings.model_dump(include={
+        "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
+        "train_workers", "train_compare_random_split", "seed",
+    })  # fmt: skip
+    code = manifest.code(sys.modules[__name__], contract, metrics_module)
+    return manifest.digest(stage2_id, code, training, resolve_device(settings.train_device))
+
+
+def _reusable_model(layout: Layout, fingerprint: str) -> dict[str, Any] | None:
+    # metrics.json is written last, so a matching one means model.bin and model.json are complete.
+    try:
+        metrics = json.loads((layout.model / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    whole = (layout.model / contract.MODEL_FILE).is_file() and (
+        layout.model / contract.METADATA_FILE
+    ).is_file()
+    return metrics if whole and metrics.get("fingerprint") == fingerprint else None
 
 
 def _summarise(

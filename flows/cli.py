@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
             help="output directory (default: $STOCKPIPE_OUT or ./output)",
         )
         sub.add_argument(
+            "--force",
+            action="store_true",
+            help="rebuild every stage, even those whose inputs, code and settings are unchanged",
+        )
+        sub.add_argument(
             "--ray-address",
             default=None,
             metavar="ADDRESS",
@@ -142,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows import pipeline
 
-    common = {"out": str(out), "ray_address": args.ray_address}
+    common = {"out": str(out), "ray_address": args.ray_address, "force": args.force}
     try:
         result = _run_flow(pipeline, args, common)
     except DownloadError as exc:  # e.g. the network went away between the check and the download
@@ -214,6 +219,9 @@ def _serve(layout: Layout, host: str | None, port: int | None) -> int:
 
 
 def _print_outputs(layout: Layout, result: dict) -> None:
+    reused = [stage for stage, r in result.items() if isinstance(r, dict) and r.get("reused")]
+    if reused:
+        print(f"unchanged since the last run, reused: {', '.join(reused)} (--force rebuilds)")
     if "ingest" in result:
         files, rows = result["ingest"]["files"], result["ingest"]["rows"]
         print(

@@ -14,8 +14,9 @@ from compute.report import ingest_markdown, training_markdown
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 
 
-def _settings(out: str, ray_address: str | None, **overrides: Any) -> Settings:
-    settings = get_settings(out=out, ray_address=ray_address, **overrides)
+def _settings(out: str, ray_address: str | None, force: bool = False, **overrides: Any) -> Settings:
+    # force=False leaves STOCKPIPE_FORCE in charge; True rebuilds stages whose inputs are unchanged.
+    settings = get_settings(out=out, ray_address=ray_address, force=force or None, **overrides)
     url = cluster.connect(settings)
     if url:
         get_run_logger().info("Ray dashboard: %s (token: `ray get-auth-token`)", url)
@@ -87,10 +88,11 @@ def stock_pipeline(
     train_device: str | None = None,
     train_rounds: int | None = None,
     stop_after: Literal["features", "train", "package"] = "package",
+    force: bool = False,
 ) -> dict[str, Any]:
     """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
     model, and build the Bento, all under `out` (or stop after an earlier stage)."""
-    settings = _settings(out, ray_address, train_device=train_device, train_rounds=train_rounds)
+    settings = _settings(out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
     result: dict[str, Any] = {"ingest": ingest(_local_source(source, settings), settings)}
     result["features"] = features(settings)
     if stop_after in ("train", "package"):
@@ -102,15 +104,15 @@ def stock_pipeline(
 
 @flow(name="ingest-stage")
 def ingest_flow(
-    source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None
+    source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None, force: bool = False
 ) -> dict:
-    settings = _settings(out, ray_address)
+    settings = _settings(out, ray_address, force)
     return ingest(_local_source(source, settings), settings)
 
 
 @flow(name="features-stage")
-def features_flow(out: str = "output", ray_address: str | None = None) -> dict:
-    return features(_settings(out, ray_address))
+def features_flow(out: str = "output", ray_address: str | None = None, force: bool = False) -> dict:
+    return features(_settings(out, ray_address, force))
 
 
 @flow(name="train-stage")
@@ -119,5 +121,8 @@ def train_flow(
     ray_address: str | None = None,
     train_device: str | None = None,
     train_rounds: int | None = None,
+    force: bool = False,
 ) -> dict:
-    return train_model(_settings(out, ray_address, train_device=train_device, train_rounds=train_rounds))
+    return train_model(
+        _settings(out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
+    )

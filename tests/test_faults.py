@@ -4,13 +4,14 @@ re-runs give byte-identical outputs."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-from compute import ingest, stages
+from compute import ingest, stages, train
 from compute.settings import Settings
 from compute.storage import parquet_parts
 from tests.conftest import SAMPLE
@@ -73,3 +74,46 @@ def test_a_task_that_fails_once_is_retried_by_prefect(
     summary = features_flow(out=str(tmp_path))
     assert len(calls) == 2
     assert summary["rows"] == pq.read_table(tmp_path / "stage1").num_rows
+
+
+def snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
+    files = [p for stage in ("stage1", "stage2", "quarantine") for p in sorted((out / stage).glob("*"))]
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+
+
+def test_unchanged_rerun_reuses_stages_and_a_changed_file_rebuilds(
+    ray_session: str | None, tmp_path: Path
+) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(SAMPLE, source)
+    settings = Settings(out=tmp_path / "out")
+    first = stages.run_ingest(str(source), settings)
+    stages.run_features(settings)
+    before = snapshot(tmp_path / "out")
+
+    again = stages.run_ingest(str(source), settings)
+    assert again["reused"] and again["rows"] == first["rows"]
+    assert stages.run_features(settings)["reused"]
+    assert snapshot(tmp_path / "out") == before  # not one file rewritten
+
+    # One changed file: the stages are rebuilt and see the change.
+    atac = source / "stocks" / "ATAC.csv"
+    atac.write_text(atac.read_text() + "2021-01-28,1,1,1,1,1,100\n")
+    changed = stages.run_ingest(str(source), settings)
+    assert "reused" not in changed and changed["rows"]["kept"] == first["rows"]["kept"] + 1
+    assert "reused" not in stages.run_features(settings)
+    assert pq.read_table(tmp_path / "out" / "stage2").num_rows == first["rows"]["kept"] + 1
+
+    forced = stages.run_ingest(str(source), Settings(out=tmp_path / "out", force=True))
+    assert "reused" not in forced
+
+
+def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_path: Path) -> None:
+    for folder in ("stage2", "model"):
+        shutil.copytree(sample_run["out"] / folder, tmp_path / folder)
+    metrics = train.run_train(Settings(out=tmp_path))
+    assert metrics["reused"]
+    assert metrics["time_split"] == sample_run["result"]["train"]["time_split"]
+    changed = Settings(out=tmp_path, train_rounds=5, train_compare_random_split=False)
+    retrained = train.run_train(changed)
+    assert "reused" not in retrained and retrained["rounds"] == 5
