@@ -90,7 +90,7 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
     report["ray_nodes"] = fanned.nodes
     # Quarantine first: a stage 1 carrying a manifest then always has its quarantine beside it.
     publish_dir(quarantine, layout.quarantine)
-    manifest.write(stage1, fingerprint, {k: v for k, v in report.items() if k != "per_file"})
+    manifest.write(stage1, fingerprint, report)
     publish_dir(stage1, layout.stage1)
     write_json(report, layout.ingest_report)
     return report
