@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from compute.sources import Listing, Source
-from compute.storage import write_json
+from compute.storage import parquet_parts, write_json
 
 MANIFEST = "_manifest.json"  # pyarrow's dataset readers skip names starting with "_"
 
@@ -46,6 +46,15 @@ def read(folder: Path) -> dict[str, Any] | None:
         return json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def stage_id(folder: Path) -> Any:
+    """What identifies a stage's content: its own fingerprint when this pipeline wrote it, else its
+    part files' names, sizes and modification times."""
+    stored = read(folder)
+    if stored:
+        return stored["fingerprint"]
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parquet_parts(folder)]
 
 
 def write(folder: Path, fingerprint: str, result: dict[str, Any]) -> None:

@@ -49,7 +49,6 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
     layout = Layout(Path(settings.out))
     source = open_source(source_location)
     listing = list_files(source, settings.max_file_bytes)
-    names, meta_warning = read_security_names(source, listing, settings.max_file_bytes)
     batches = plan_batches(listing.files, settings.batch_bytes, cluster_cpus())
     fingerprint = manifest.digest(
         manifest.source_inputs(source, listing),
@@ -63,6 +62,7 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         write_json(report, layout.ingest_report)
         return report
     progress(f"ingest: {len(listing.files)} files from {source.location} in {len(batches)} Ray tasks")
+    names, meta_warning = read_security_names(source, listing, settings.max_file_bytes)
 
     layout.root.mkdir(parents=True, exist_ok=True)
     stage1, quarantine = staging_dir(layout.stage1), staging_dir(layout.quarantine)
@@ -103,12 +103,7 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
     parts = parquet_parts(layout.stage1)
     if not layout.stage1.is_dir():
         raise FileNotFoundError(f"no stage 1 output in {layout.root}: run `stockpipe ingest` first")
-    # Stage 1's own fingerprint when it has one (a stage 1 written by this pipeline always does).
-    stage1 = manifest.read(layout.stage1)
-    stage1_id = (
-        stage1["fingerprint"] if stage1 else [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts]
-    )
-    fingerprint = manifest.digest(stage1_id, manifest.code(features, schema))
+    fingerprint = manifest.digest(manifest.stage_id(layout.stage1), manifest.code(features, schema))
     if not settings.force and (previous := manifest.reusable(layout.stage2, fingerprint)):
         progress("features: stage 1 and the code are unchanged since the last run: stage 2 reused")
         summary = {**previous, "reused": True}

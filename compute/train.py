@@ -211,7 +211,8 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     parts = [str(p) for p in parquet_parts(layout.stage2)]
     if not parts:
         raise FileNotFoundError(f"no stage 2 output in {layout.root}: run `stockpipe features` first")
-    fingerprint = _fingerprint(layout, settings)
+    device = resolve_device(settings.train_device)
+    fingerprint = _fingerprint(layout, settings, device)
     if not settings.force and (previous := _reusable_model(layout, fingerprint)):
         progress("train: stage 2, the code and the training settings are unchanged: model reused")
         return {**previous, "reused": True}
@@ -224,7 +225,6 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
         raise ValueError("stage 2 has no row with both features (every symbol has fewer than 30 rows)")
     cutoff = holdout_cutoff(dates, settings.holdout_fraction)
 
-    device = resolve_device(settings.train_device)
     resources = ray.cluster_resources()
     if device == "cuda":
         workers = settings.train_workers or max(int(resources.get("GPU", 1)), 1)
@@ -279,19 +279,14 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     return metrics
 
 
-def _fingerprint(layout: Layout, settings: Settings) -> str:
+def _fingerprint(layout: Layout, settings: Settings, device: str) -> str:
     """What the model is built from: stage 2, this code, the training settings, the device."""
-    stage2 = manifest.read(layout.stage2)
-    parts = parquet_parts(layout.stage2)
-    stage2_id = (
-        stage2["fingerprint"] if stage2 else [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in parts]
-    )
     training = settings.model_dump(include={
         "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
         "train_workers", "train_compare_random_split", "seed",
     })  # fmt: skip
     code = manifest.code(sys.modules[__name__], contract, metrics_module)
-    return manifest.digest(stage2_id, code, training, resolve_device(settings.train_device))
+    return manifest.digest(manifest.stage_id(layout.stage2), code, training, device)
 
 
 def _reusable_model(layout: Layout, fingerprint: str) -> dict[str, Any] | None:
