@@ -43,13 +43,13 @@ def main() -> None:
     parser.add_argument("--out", default="output", help="folder holding stage2/ (default ./output)")
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
-    stage2 = Layout(Path(args.out)).stage2.resolve()
+    stage2 = Layout(args.out).stage2
     if not parquet_parts(stage2):
         parser.error(f"no stage 2 parts in {stage2}")
 
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "stage2").symlink_to(stage2)
-        overrides = {"out": Path(tmp), "train_compare_random_split": False, "train_rounds": args.rounds}
+        overrides = {"out": tmp, "train_compare_random_split": False, "train_rounds": args.rounds}
         settings = get_settings(**overrides)
         started = time.perf_counter()
         cluster.connect(settings)

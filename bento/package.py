@@ -9,24 +9,27 @@ from pathlib import Path
 import bentoml
 
 from compute import model as contract
+from compute import storage
 from compute.settings import PROJECT_ROOT
 
 MODEL_NAME = "stock-volume"
 BENTOFILE = PROJECT_ROOT / "bento" / "bentofile.yaml"
 
 
-def model_version(model_dir: Path) -> str:
+def model_version(model_dir: str) -> str:
     """Content-addressed: the same model files always get the same version."""
     digest = hashlib.sha256()
     for name in (contract.MODEL_FILE, contract.METADATA_FILE):
-        digest.update((model_dir / name).read_bytes())
+        digest.update(storage.read_bytes(storage.join(model_dir, name)))
     return digest.hexdigest()[:16]
 
 
-def register_model(model_dir: Path) -> str:
-    """Copy model.bin + model.json into the model store (once per content); return the tag."""
+def register_model(model_dir: str | Path) -> str:
+    """Copy model.bin + model.json (local or from an object store) into the model store, once
+    per content; return the tag."""
+    model_dir = storage.normalize(model_dir)
     for name in (contract.MODEL_FILE, contract.METADATA_FILE):
-        if not (model_dir / name).is_file():
+        if not storage.is_file(storage.join(model_dir, name)):
             raise FileNotFoundError(f"no {name} in {model_dir}: run `stockpipe train` first")
     tag = f"{MODEL_NAME}:{model_version(model_dir)}"
     try:
@@ -35,7 +38,7 @@ def register_model(model_dir: Path) -> str:
         pass
     booster, metadata = contract.load(model_dir)  # refuse to register files that do not load
     with bentoml.models.create(tag, labels={"project": "stockpipe"}, metadata=_flat(metadata)) as stored:
-        contract.save(booster, metadata, Path(stored.path))
+        contract.save(booster, metadata, stored.path)
     return tag
 
 

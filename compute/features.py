@@ -10,16 +10,13 @@ an even window is the mean of the two middle values.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from compute.schema import STAGE1, STAGE2, WINDOW
-from compute.storage import write_parquet
+from compute.storage import basename, join, read_parquet, write_parquet
 
 
 def add_features(table: pa.Table, window: int = WINDOW) -> pa.Table:
@@ -62,9 +59,9 @@ def _position_in_symbol(symbols: pa.ChunkedArray) -> np.ndarray:
 
 def features_part(stage1_part: str, stage2_dir: str) -> dict[str, int]:
     """Compute one stage-2 part from one stage-1 part; return its row and symbol counts."""
-    table = pq.read_table(stage1_part, schema=STAGE1)
+    table = read_parquet(stage1_part, schema=STAGE1)
     out = add_features(table)
-    write_parquet(out, Path(stage2_dir) / Path(stage1_part).name)
+    write_parquet(out, join(stage2_dir, basename(stage1_part)))
     return {
         "rows": out.num_rows,
         "symbols": pc.count_distinct(out.column("Symbol")).as_py(),

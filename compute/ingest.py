@@ -25,16 +25,16 @@ import io
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
+from compute.layout import part_name
 from compute.schema import CSV_COLUMNS, PRICE_COLUMNS, QUARANTINE, STAGE1
 from compute.sources import Source, SourceFile
-from compute.storage import write_parquet
+from compute.storage import join, write_parquet
 
 VALUE_COLUMNS = CSV_COLUMNS[1:]
 EXPECTED_HEADER = ",".join(CSV_COLUMNS)
@@ -323,9 +323,9 @@ def ingest_batch(
             if parsed.table.num_rows:
                 tables.append(_with_identity(parsed.table, f.symbol, names.get(f.symbol)))
     if tables:
-        write_parquet(pa.concat_tables(tables), Path(stage1_dir) / f"part-{part:05d}.parquet")
+        write_parquet(pa.concat_tables(tables), join(stage1_dir, part_name(part)))
     if bad:
-        write_parquet(pa.concat_tables(bad), Path(quarantine_dir) / f"part-{part:05d}.parquet")
+        write_parquet(pa.concat_tables(bad), join(quarantine_dir, part_name(part)))
     return results
 
 

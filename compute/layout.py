@@ -1,43 +1,56 @@
-"""Where each stage writes under the output directory."""
+"""Where each stage writes under the output location (a path or a pyarrow filesystem URI)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+
+from compute.storage import join, normalize
 
 
 @dataclass(frozen=True)
 class Layout:
-    root: Path
+    root: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", normalize(self.root))
 
     @property
-    def stage1(self) -> Path:
-        return self.root / "stage1"
+    def stage1(self) -> str:
+        return join(self.root, "stage1")
 
     @property
-    def stage2(self) -> Path:
-        return self.root / "stage2"
+    def stage2(self) -> str:
+        return join(self.root, "stage2")
 
     @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine"
+    def quarantine(self) -> str:
+        return join(self.root, "quarantine")
 
     @property
-    def reports(self) -> Path:
-        return self.root / "reports"
+    def reports(self) -> str:
+        return join(self.root, "reports")
 
     @property
-    def ingest_report(self) -> Path:
-        return self.reports / "ingest.json"
+    def ingest_report(self) -> str:
+        return join(self.reports, "ingest.json")
 
     @property
-    def features_report(self) -> Path:
-        return self.reports / "features.json"
+    def features_report(self) -> str:
+        return join(self.reports, "features.json")
 
     @property
-    def logs(self) -> Path:
-        return self.root / "logs"
+    def logs(self) -> str:
+        return join(self.root, "logs")
 
     @property
-    def model(self) -> Path:
-        return self.root / "model"
+    def model(self) -> str:
+        return join(self.root, "model")
+
+
+def part_name(number: int) -> str:
+    """Part files are numbered; stage 2's part N is computed from stage 1's part N."""
+    return f"part-{number:05d}.parquet"
+
+
+def part_number(name: str) -> int:
+    return int(name.removeprefix("part-").removesuffix(".parquet"))

@@ -17,7 +17,7 @@ import numpy as np
 import xgboost as xgb
 
 from compute.schema import FEATURE_COLUMNS
-from compute.storage import write_bytes, write_json
+from compute.storage import join, read_bytes, write_bytes, write_json
 
 TARGET_TRANSFORM = "ratio_to_vol_moving_avg"
 MODEL_FILE = "model.bin"  # XGBoost's own UBJSON format, never a pickle
@@ -48,14 +48,14 @@ def predict_volume(booster: xgb.Booster, metadata: dict[str, Any], features: np.
     return to_volume(raw, features[:, 0], metadata["target_transform"])
 
 
-def save(booster: xgb.Booster, metadata: dict[str, Any], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_bytes(bytes(booster.save_raw(raw_format="ubj")), folder / MODEL_FILE)
-    write_json(metadata, folder / METADATA_FILE)
+def save(booster: xgb.Booster, metadata: dict[str, Any], folder: str | Path) -> None:
+    write_bytes(bytes(booster.save_raw(raw_format="ubj")), join(str(folder), MODEL_FILE))
+    write_json(metadata, join(str(folder), METADATA_FILE))
 
 
-def load(folder: Path) -> tuple[xgb.Booster, dict[str, Any]]:
+def load(folder: str | Path) -> tuple[xgb.Booster, dict[str, Any]]:
+    """From a local folder or a pyarrow filesystem URI."""
     booster = xgb.Booster()
-    booster.load_model(bytearray((folder / MODEL_FILE).read_bytes()))
-    metadata = json.loads((folder / METADATA_FILE).read_text())
+    booster.load_model(bytearray(read_bytes(join(str(folder), MODEL_FILE))))
+    metadata = json.loads(read_bytes(join(str(folder), METADATA_FILE)))
     return booster, metadata

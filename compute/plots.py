@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import matplotlib
 
@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def learning_curve(history: dict[str, dict[str, list[float]]], path: Path) -> None:
+def learning_curve(history: dict[str, dict[str, list[float]]]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4))
     for split, metrics in history.items():
         for metric, values in metrics.items():
@@ -21,11 +21,10 @@ def learning_curve(history: dict[str, dict[str, list[float]]], path: Path) -> No
     ax.set_title("Learning curve")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return _png(fig, dpi=110)
 
 
-def predicted_vs_actual(sample: dict[str, np.ndarray], path: Path) -> None:
+def predicted_vs_actual(sample: dict[str, np.ndarray]) -> bytes:
     """Side by side on log axes: the baseline (vol_moving_avg) and the model, against the truth."""
     # Volume 0 is drawn at 1 so that it shows on a log axis.
     actual = np.maximum(sample["actual"], 1.0)
@@ -44,5 +43,11 @@ def predicted_vs_actual(sample: dict[str, np.ndarray], path: Path) -> None:
     axes[0].set_ylabel("predicted Volume")
     fig.suptitle(f"Time holdout, {len(actual):,} sampled rows")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return _png(fig, dpi=100)
+
+
+def _png(fig: plt.Figure, dpi: int) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
+    return buffer.getvalue()

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from compute.ingest import FileResult
+from compute.layout import Layout
 from compute.sources import Listing
+from compute.storage import is_local, join
 
 
 class CountMismatch(AssertionError):
@@ -92,7 +94,7 @@ def ingest_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_markdown(metrics: dict[str, Any], out: Path) -> str:
+def training_markdown(metrics: dict[str, Any], out: str) -> str:
     """Model vs baseline on the time holdout (and the random split), with links to the plots."""
     split = metrics["time_split"]
     rows = [("model, time holdout", split["model"]), ("baseline, time holdout", split["baseline"])]
@@ -114,7 +116,8 @@ def training_markdown(metrics: dict[str, Any], out: Path) -> str:
         f"fit {metrics['timing']['ray_train_fit_seconds']:.1f} s.",
         "",
     ]
-    reports = Path(out).resolve() / "reports"
+    reports = Layout(out).reports
     for name in ("learning_curve.png", "predicted_vs_actual.png"):
-        lines.append(f"- [{name}]({(reports / name).as_uri()})")
+        where = join(reports, name)
+        lines.append(f"- [{name}]({Path(where).as_uri() if is_local(where) else where})")
     return "\n".join(lines) + "\n"

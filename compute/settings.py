@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from compute.storage import normalize
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SOURCE = PROJECT_ROOT / "data" / "sample"
 
@@ -15,7 +17,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STOCKPIPE_")
 
     source: str = str(SAMPLE_SOURCE)
-    out: Path = Path("output")
+    # A local or shared-mount path, or a pyarrow filesystem URI such as s3://bucket/prefix.
+    out: str = "output"
     # An existing Ray cluster; unset starts a local one. Ray's own RAY_ADDRESS is honoured too.
     ray_address: str | None = Field(
         default=None, validation_alias=AliasChoices("STOCKPIPE_RAY_ADDRESS", "RAY_ADDRESS")
@@ -48,11 +51,15 @@ class Settings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
 
-    @field_validator("out", "download_dir")
+    @field_validator("out", mode="before")
     @classmethod
-    def _absolute(cls, out: Path) -> Path:
-        # Ray workers do not share the driver's working directory: hand them absolute paths.
-        return out.expanduser().resolve()
+    def _location(cls, out: str | Path) -> str:
+        return normalize(out)  # Ray workers do not share the driver's working directory
+
+    @field_validator("download_dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        return path.expanduser().resolve()
 
 
 def get_settings(**overrides: object) -> Settings:

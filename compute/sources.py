@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.csv as pv
 
+from compute import storage
 from compute.schema import META_FILE, META_NAME_COLUMN, META_SYMBOL_COLUMN
 
 KINDS = ("stocks", "etfs")
@@ -55,7 +56,7 @@ class Source:
     def reader(self, max_bytes: int) -> Iterator[Callable[[str], bytes]]:
         """Yield a function that returns one member's bytes, refusing more than max_bytes."""
         if self.is_zip:
-            with zipfile.ZipFile(self.location) as archive:
+            with storage.open_input(self.location) as raw, zipfile.ZipFile(raw) as archive:
 
                 def read_member(member: str) -> bytes:
                     with archive.open(member) as fh:
@@ -63,13 +64,23 @@ class Source:
 
                 yield read_member
         else:
-            root = Path(self.location)
+            fs, root = storage.resolve(self.location)
 
             def read_file(member: str) -> bytes:
-                with open(root / member, "rb") as fh:
+                with fs.open_input_stream(f"{root.rstrip('/')}/{member}") as fh:
                     return _read_capped(fh, max_bytes)
 
             yield read_file
+
+    def entries(self, listing: Listing) -> list[tuple[str, int, int]]:
+        """(member, size, CRC for a zip or modification time for a folder) of every file read."""
+        members = {f.member for f in listing.files} | (
+            {listing.meta_member} if listing.meta_member else set()
+        )
+        if self.is_zip:
+            with storage.open_input(self.location) as raw, zipfile.ZipFile(raw) as archive:
+                return sorted((m, archive.getinfo(m).file_size, archive.getinfo(m).CRC) for m in members)
+        return [e for e in storage.listing(self.location, recursive=True) if e[0] in members]
 
 
 def _read_capped(fh: io.BufferedIOBase, max_bytes: int) -> bytes:
@@ -81,34 +92,45 @@ def _read_capped(fh: io.BufferedIOBase, max_bytes: int) -> bytes:
 
 
 def open_source(location: str | Path) -> Source:
-    """Check that a location is a usable source and say which kind it is."""
-    path = Path(location).expanduser().resolve()  # workers do not share the driver's directory
-    if not path.exists():
+    """Check that a location (a path or a pyarrow filesystem URI) is a usable source and say which kind."""
+    try:
+        where = storage.normalize(location)
+        kind = storage.kind(where)
+    except (ValueError, OSError) as exc:
+        raise SourceError(f"cannot open source '{location}': {exc}") from exc
+    if kind == "missing":
         raise SourceError(f"source '{location}' does not exist")
-    if path.is_dir():
-        if not any((path / kind).is_dir() for kind in KINDS):
+    if kind == "dir":
+        if not any(storage.is_dir(storage.join(where, k)) for k in KINDS):
             raise SourceError(f"source folder '{location}' has neither stocks/ nor etfs/ inside")
-        return Source(str(path), is_zip=False)
-    if not zipfile.is_zipfile(path):
+        return Source(where, is_zip=False)
+    try:
+        with storage.open_input(where) as raw:
+            is_zip = zipfile.is_zipfile(raw)
+    except OSError as exc:
+        raise SourceError(f"cannot read source '{location}': {exc}") from exc
+    if not is_zip:
         raise SourceError(f"source '{location}' is neither a folder nor a readable zip archive")
-    return Source(str(path), is_zip=True)
+    return Source(where, is_zip=True)
 
 
 def list_files(source: Source, max_file_bytes: int) -> Listing:
     """Every symbol file in the source, plus what was refused or ignored and why."""
     if source.is_zip:
         try:
-            with zipfile.ZipFile(source.location) as archive:
+            with storage.open_input(source.location) as raw, zipfile.ZipFile(raw) as archive:
                 entries = [(i.filename, i.file_size) for i in archive.infolist() if not i.is_dir()]
         except (zipfile.BadZipFile, OSError) as exc:
             raise SourceError(f"cannot read zip '{source.location}': {exc}") from exc
-    else:
-        root = Path(source.location)
+    elif storage.is_local(source.location):
+        root = Path(source.location)  # symbolic links are not followed out of the source
         entries = [
             (p.relative_to(root).as_posix(), p.stat().st_size)
             for p in sorted(root.rglob("*"))
             if p.is_file() and not p.is_symlink()
         ]
+    else:
+        entries = [(name, size) for name, size, _ in storage.listing(source.location, recursive=True)]
     listing = _classify(entries, max_file_bytes)
     if not listing.files and not listing.rejected:
         raise SourceError(f"source '{source.location}' contains no stocks/*.csv or etfs/*.csv files")

@@ -1,6 +1,13 @@
 """Stage drivers: plan the work, fan it out over Ray, gather small results, publish the outputs.
 
 These run on the driver and move only file names and counts; Ray workers read and write the data.
+
+Runs are incremental. Each stage-1 part is built from one batch of source files, and the stage's
+manifest records every part's files with their sizes and CRCs (zip) or modification times
+(folder). A re-run carries over every part whose files are all unchanged, and ingests only the
+files that are new or sat in a part with a changed or removed file; stage 2 likewise recomputes
+only the parts whose stage-1 part changed. A carried-over part is hard-linked (or copied on an object
+store) into the new stage, which is then published whole as before.
 """
 
 from __future__ import annotations
@@ -8,18 +15,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from compute import features, ingest, manifest, schema, sources
+from compute import features, ingest, manifest, schema, sources, storage
 from compute.cluster import cluster_cpus, fan_out
 from compute.features import features_part
 from compute.ingest import FileResult, ingest_batch
-from compute.layout import Layout
+from compute.layout import Layout, part_name, part_number
 from compute.report import build_ingest_report
 from compute.settings import Settings
 from compute.sources import SourceFile, list_files, open_source, read_security_names
-from compute.storage import parquet_parts, publish_dir, staging_dir, write_json
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -46,83 +51,160 @@ def plan_batches(files: list[SourceFile], batch_bytes: int, workers: int) -> lis
 def run_ingest(source_location: str, settings: Settings, progress: Progress = log.info) -> dict[str, Any]:
     """Stage 1 for a whole source; returns the ingest report (also written to reports/ingest.json)."""
     started = time.perf_counter()
-    layout = Layout(Path(settings.out))
+    layout = Layout(settings.out)
     source = open_source(source_location)
     listing = list_files(source, settings.max_file_bytes)
-    batches = plan_batches(listing.files, settings.batch_bytes, cluster_cpus())
-    fingerprint = manifest.digest(
-        manifest.source_inputs(source, listing),
+    entries = {member: [size, signature] for member, size, signature in source.entries(listing)}
+    # What every part depends on besides its own files: where they come from, the code, the size
+    # limit and the metadata file (Security Name).
+    basis = manifest.digest(
+        source.location,
         manifest.code(ingest, sources, schema),
         settings.max_file_bytes,
-        [[f.member for f in batch] for batch in batches],
+        entries.get(listing.meta_member or ""),
     )
-    if not settings.force and (previous := manifest.reusable(layout.stage1, fingerprint)):
+    fingerprint = manifest.digest(basis, entries, listing.rejected, listing.ignored)
+    previous = None if settings.force else storage.read_manifest(layout.stage1)
+    if previous and previous.get("fingerprint") == fingerprint:
         progress(f"ingest: {source.location} and the code are unchanged since the last run: stage 1 reused")
-        report = {**previous, "reused": True}
-        write_json(report, layout.ingest_report)
+        report = {**previous["result"], "reused": True}
+        storage.write_json(report, layout.ingest_report)
         return report
-    progress(f"ingest: {len(listing.files)} files from {source.location} in {len(batches)} Ray tasks")
+
+    carried = _unchanged_parts(previous, basis, entries)
+    done = {member for part in carried.values() for member in part["files"]}
+    todo = [f for f in listing.files if f.member not in done]
+    batches = plan_batches(todo, settings.batch_bytes, cluster_cpus())
+    first = 1 + max((part_number(name) for name in carried), default=-1)
+    progress(
+        f"ingest: {len(todo)} of {len(listing.files)} files from {source.location} in {len(batches)} "
+        f"Ray tasks; {len(carried)} unchanged parts carried over"
+    )
     names, meta_warning = read_security_names(source, listing, settings.max_file_bytes)
 
-    layout.root.mkdir(parents=True, exist_ok=True)
-    stage1, quarantine = staging_dir(layout.stage1), staging_dir(layout.quarantine)
-    calls = [
-        (
-            source,
-            batch,
-            {f.symbol: names[f.symbol] for f in batch if f.symbol in names},
-            part,
-            str(stage1),
-            str(quarantine),
-            settings.max_file_bytes,
-        )
-        for part, batch in enumerate(batches)
-    ]
-    fanned = fan_out(ingest_batch, calls, label="ingest", progress=progress)
-    results: list[FileResult] = [r for batch in fanned.results for r in batch]
+    stage1, quarantine = storage.staging_dir(layout.stage1), storage.staging_dir(layout.quarantine)
+    try:
+        for name, part in carried.items():
+            if part["stage1"]:
+                storage.carry_over(
+                    storage.join(storage.data_dir(layout.stage1), name), storage.join(stage1, name)
+                )
+            if part["quarantine"]:
+                storage.carry_over(
+                    storage.join(storage.data_dir(layout.quarantine), name), storage.join(quarantine, name)
+                )
+        fanned = fan_out(
+            ingest_batch,
+            [
+                (source, batch, {f.symbol: names[f.symbol] for f in batch if f.symbol in names},
+                 first + i, stage1, quarantine, settings.max_file_bytes)
+                for i, batch in enumerate(batches)
+            ],
+            label="ingest",
+            progress=progress,
+        )  # fmt: skip
+    except BaseException:
+        storage.discard_dir(stage1)
+        storage.discard_dir(quarantine)
+        raise
+    kept = [FileResult(**r) for r in previous["result"]["per_file"] if r["file"] in done] if carried else []
+    parts = dict(carried)
+    for i, (batch, results) in enumerate(zip(batches, fanned.results, strict=True)):
+        parts[part_name(first + i)] = {
+            "files": {f.member: entries[f.member] for f in batch},
+            "stage1": any(r.rows_kept for r in results),
+            "quarantine": any(sum(r.quarantined.values()) for r in results),
+        }
     report = build_ingest_report(
         source=source.location,
         listing=listing,
-        results=results,
+        results=kept + [r for batch in fanned.results for r in batch],
         metadata_warning=meta_warning,
         seconds=time.perf_counter() - started,
     )
+    report["incremental"] = {
+        "files_ingested": len(todo),
+        "parts_carried_over": len(carried),
+        "parts_built": len(batches),
+    }
     report["ray_nodes"] = fanned.nodes
     # Quarantine first: a stage 1 carrying a manifest then always has its quarantine beside it.
-    publish_dir(quarantine, layout.quarantine)
-    manifest.write(stage1, fingerprint, report)
-    publish_dir(stage1, layout.stage1)
-    write_json(report, layout.ingest_report)
+    storage.publish_dir(
+        quarantine, layout.quarantine, manifest.entry(fingerprint, {"rows": report["rows"]["quarantined"]})
+    )
+    storage.publish_dir(stage1, layout.stage1, manifest.entry(fingerprint, report, basis=basis, parts=parts))
+    storage.write_json(report, layout.ingest_report)
     return report
+
+
+def _unchanged_parts(
+    previous: dict[str, Any] | None, basis: str, entries: dict[str, list[int]]
+) -> dict[str, dict[str, Any]]:
+    """The previous stage 1's parts whose every file is still there, unchanged."""
+    if not previous or previous.get("basis") != basis:
+        return {}
+    return {
+        name: part
+        for name, part in previous.get("parts", {}).items()
+        if all(entries.get(member) == signature for member, signature in part["files"].items())
+    }
 
 
 def run_features(settings: Settings, progress: Progress = log.info) -> dict[str, Any]:
     """Stage 2 from the stage-1 parts in settings.out; returns a small summary."""
     started = time.perf_counter()
-    layout = Layout(Path(settings.out))
-    parts = parquet_parts(layout.stage1)
-    if not layout.stage1.is_dir():
+    layout = Layout(settings.out)
+    if not storage.is_dir(layout.stage1):
         raise FileNotFoundError(f"no stage 1 output in {layout.root}: run `stockpipe ingest` first")
-    fingerprint = manifest.digest(manifest.stage_id(layout.stage1), manifest.code(features, schema))
-    if not settings.force and (previous := manifest.reusable(layout.stage2, fingerprint)):
+    code = manifest.code(features, schema)
+    fingerprint = manifest.digest(manifest.stage_id(layout.stage1), code)
+    previous = None if settings.force else storage.read_manifest(layout.stage2)
+    if previous and previous.get("fingerprint") == fingerprint:
         progress("features: stage 1 and the code are unchanged since the last run: stage 2 reused")
-        summary = {**previous, "reused": True}
-        write_json(summary, layout.features_report)
+        summary = {**previous["result"], "reused": True}
+        storage.write_json(summary, layout.features_report)
         return summary
-    progress(f"features: {len(parts)} stage-1 parts in {len(parts)} Ray tasks")
-    stage2 = staging_dir(layout.stage2)
-    calls = [(str(p), str(stage2)) for p in parts]
-    fanned = fan_out(features_part, calls, label="features", progress=progress)
-    counts = fanned.results
+
+    # Each stage-1 part's identity; a stage 1 this pipeline did not write has none and is rebuilt.
+    stage1_manifest = storage.read_manifest(layout.stage1) or {}
+    sources_of = {
+        name: manifest.digest(stage1_manifest.get("basis"), part["files"])
+        for name, part in stage1_manifest.get("parts", {}).items()
+    }
+    before = previous.get("parts", {}) if previous and previous.get("code") == code else {}
+    parts = storage.parquet_parts(layout.stage1)
+    carried = {
+        name: before[name]
+        for name in map(storage.basename, parts)
+        if name in sources_of and before.get(name, {}).get("from") == sources_of[name]
+    }
+    todo = [p for p in parts if storage.basename(p) not in carried]
+    progress(f"features: {len(todo)} of {len(parts)} stage-1 parts in {len(todo)} Ray tasks")
+    stage2 = storage.staging_dir(layout.stage2)
+    try:
+        for name in carried:
+            storage.carry_over(
+                storage.join(storage.data_dir(layout.stage2), name), storage.join(stage2, name)
+            )
+        fanned = fan_out(features_part, [(p, stage2) for p in todo], label="features", progress=progress)
+    except BaseException:
+        storage.discard_dir(stage2)
+        raise
+    built = {
+        storage.basename(p): {"from": sources_of.get(storage.basename(p)), "counts": counts}
+        for p, counts in zip(todo, fanned.results, strict=True)
+    }
+    every = {**carried, **built}
     summary = {
         "parts": len(parts),
-        "rows": sum(c["rows"] for c in counts),
-        "symbols": sum(c["symbols"] for c in counts),
-        "rows_with_features": sum(c["rows_with_features"] for c in counts),
+        **{
+            k: sum(part["counts"][k] for part in every.values())
+            for k in ("rows", "symbols", "rows_with_features")
+        },
+        "incremental": {"parts_carried_over": len(carried), "parts_built": len(built)},
         "seconds": round(time.perf_counter() - started, 3),
         "ray_nodes": fanned.nodes,
     }
-    manifest.write(stage2, fingerprint, summary)
-    publish_dir(stage2, layout.stage2)
-    write_json(summary, layout.features_report)
+    storage.publish_dir(stage2, layout.stage2, manifest.entry(fingerprint, summary, code=code, parts=every))
+    storage.write_json(summary, layout.features_report)
     return summary

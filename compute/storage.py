@@ -1,51 +1,288 @@
-"""Writing stage outputs so that a reader never sees a half-written file or a half-replaced stage."""
+"""Where data lives and how it is written: a local (or shared-mount) path, or any pyarrow filesystem
+URI (s3://bucket/prefix, gs://..., hdfs://...; options such as ?endpoint_override= ride along).
+
+Locations are plain strings, so they travel to Ray workers unchanged and each process resolves its
+own filesystem (credentials come from that node's environment, as pyarrow's filesystems do).
+
+Writes never leave a half-written file where a reader would look: local files are written under a
+temporary name and renamed; an object store makes each object visible only once it is complete.
+A stage (a folder of part files) is published as a whole:
+- locally, by building it in a hidden sibling folder and swapping that in with a rename;
+- on an object store, which has no rename, by writing the parts under a fresh `v-<id>/` prefix and
+  then the stage's `_manifest.json`, which names that prefix: writing the manifest is the commit.
+  Readers follow the manifest; older versions are deleted after the commit.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import posixpath
 import shutil
 import uuid
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-
-def write_parquet(table: pa.Table, path: Path) -> None:
-    """Write to a temporary name in the same folder, then rename (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+MANIFEST = "_manifest.json"  # pyarrow's dataset readers skip names starting with "_"
+VERSION_PREFIX = "v-"
+SECRET_OPTIONS = {"access_key", "secret_key", "session_token"}  # pyarrow's S3 URI options
 
 
-def write_bytes(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
 
 
-def write_json(data: Any, path: Path) -> None:
-    write_bytes((json.dumps(data, indent=2) + "\n").encode(), path)
+def normalize(location: str | Path) -> str:
+    """An absolute local path (Ray workers do not share the driver's directory) or the URI as given."""
+    text = str(location)
+    if text.startswith("file://"):
+        text = urlsplit(text).path
+    if is_uri(text):
+        parts = urlsplit(text)
+        secrets = SECRET_OPTIONS & {k.lower() for k, _ in parse_qsl(parts.query)}
+        if parts.password or secrets:
+            raise ValueError(
+                "put credentials in the environment (e.g. AWS_ACCESS_KEY_ID), not in the URI: "
+                "locations are written to reports and logs"
+            )
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/") or parts.path))
+    return str(Path(text).expanduser().resolve())
 
 
-def staging_dir(final: Path) -> Path:
-    """A fresh sibling folder to build a stage in before publishing it."""
-    staging = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.staging")
-    staging.mkdir(parents=True)
-    return staging
+def is_local(location: str) -> bool:
+    return not is_uri(location)
 
 
-def publish_dir(staging: Path, final: Path) -> None:
-    """Swap a fully written staging folder in for the stage's previous output."""
-    old = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.old")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
+@lru_cache(maxsize=4096)
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and the path inside it."""
+    if is_local(location):
+        return pafs.LocalFileSystem(), location
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise ValueError(f"cannot use '{location}': {exc}") from exc
 
 
-def parquet_parts(folder: Path) -> list[Path]:
-    return sorted(folder.glob("part-*.parquet"))
+def join(location: str, *names: str) -> str:
+    if is_local(location):
+        return os.path.join(location, *names)
+    parts = urlsplit(location)
+    return urlunsplit(parts._replace(path=posixpath.join(parts.path or "/", *names)))
+
+
+def basename(location: str) -> str:
+    path = urlsplit(location).path if is_uri(location) else location
+    return posixpath.basename(path.rstrip("/"))
+
+
+def _info(location: str) -> pafs.FileInfo:
+    fs, path = resolve(location)
+    return fs.get_file_info(path)
+
+
+def is_file(location: str) -> bool:
+    return _info(location).type == pafs.FileType.File
+
+
+def is_dir(location: str) -> bool:
+    return _info(location).type == pafs.FileType.Directory
+
+
+def exists(location: str) -> bool:
+    return _info(location).type != pafs.FileType.NotFound
+
+
+def kind(location: str) -> str:
+    """'file', 'dir' or 'missing'."""
+    found = _info(location).type
+    return {pafs.FileType.File: "file", pafs.FileType.Directory: "dir"}.get(found, "missing")
+
+
+def listing(location: str, recursive: bool = False) -> list[tuple[str, int, int]]:
+    """(path relative to location, size, mtime in ns) of every file below a folder, sorted."""
+    fs, path = resolve(location)
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    base = path.rstrip("/") + "/"
+    return sorted(
+        (info.path[len(base) :], info.size, info.mtime_ns or 0)
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    )
+
+
+def open_input(location: str) -> BinaryIO:
+    """A seekable, buffered binary file (zipfile reads the central directory at the end first)."""
+    if is_local(location):
+        return open(location, "rb")
+    fs, path = resolve(location)
+    return io.BufferedReader(_RandomAccess(fs.open_input_file(path)), buffer_size=1 << 20)
+
+
+class _RandomAccess(io.RawIOBase):
+    """A pyarrow random-access file as a Python raw file; a bad seek raises OSError like a real
+    file's (zipfile relies on that to reject a file shorter than a zip trailer)."""
+
+    def __init__(self, native: pa.NativeFile) -> None:
+        self._native = native
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        try:
+            return self._native.seek(offset, whence)
+        except pa.ArrowInvalid as exc:
+            raise OSError(f"cannot seek: {exc}") from exc
+
+    def tell(self) -> int:
+        return self._native.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._native.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._native.close()
+        super().close()
+
+
+def read_bytes(location: str) -> bytes:
+    fs, path = resolve(location)
+    with fs.open_input_stream(path) as fh:
+        return fh.read()
+
+
+def read_json(location: str) -> Any:
+    """The parsed file, or None when it is missing or not valid JSON."""
+    try:
+        return json.loads(read_bytes(location))
+    except (OSError, ValueError):
+        return None
+
+
+def write_bytes(data: bytes, location: str | Path) -> None:
+    location = str(location)
+    if is_local(location):
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    fs, path_in_fs = resolve(location)
+    with fs.open_output_stream(path_in_fs) as fh:
+        fh.write(data)
+
+
+def write_json(data: Any, location: str | Path) -> None:
+    write_bytes((json.dumps(data, indent=2) + "\n").encode(), location)
+
+
+def write_parquet(table: pa.Table, location: str) -> None:
+    if is_local(location):
+        path = Path(location)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+        return
+    fs, path_in_fs = resolve(location)
+    pq.write_table(table, path_in_fs, filesystem=fs, compression="zstd")
+
+
+def read_parquet(location: str, **kwargs: Any) -> pa.Table:
+    fs, path = resolve(location)
+    return pq.read_table(path, filesystem=fs, **kwargs)
+
+
+def remove_dir(location: str) -> None:
+    fs, path = resolve(location)
+    with contextlib.suppress(OSError):  # already gone
+        fs.delete_dir(path)
+
+
+def make_dirs(location: str) -> None:
+    fs, path = resolve(location)
+    fs.create_dir(path, recursive=True)
+
+
+# --- stages -----------------------------------------------------------------------------------------
+
+
+def staging_dir(final: str) -> str:
+    """A fresh place to build a stage in before publishing it."""
+    if is_local(final):
+        path = Path(final)
+        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.staging")
+        staging.mkdir(parents=True)
+        return str(staging)
+    return join(final, f"{VERSION_PREFIX}{uuid.uuid4().hex[:12]}")
+
+
+def publish_dir(staging: str, final: str, manifest: dict[str, Any]) -> None:
+    """Make a fully written staging folder, with its manifest, the stage's current output."""
+    if is_local(final):
+        write_json(manifest, join(staging, MANIFEST))
+        old = Path(final).with_name(f".{Path(final).name}.{uuid.uuid4().hex[:12]}.old")
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    current = basename(staging)
+    write_json({**manifest, "data": current}, join(final, MANIFEST))  # the commit
+    for name in {rel.split("/", 1)[0] for rel, _, _ in listing(final, recursive=True)}:
+        if name.startswith(VERSION_PREFIX) and name != current:
+            remove_dir(join(final, name))
+
+
+def carry_over(source: str, target: str) -> None:
+    """Put an unchanged part file of the current stage into the staging folder of the next."""
+    if is_local(source):
+        try:
+            os.link(source, target)  # instant, and no extra space
+        except OSError:  # another filesystem, or links not supported
+            shutil.copy2(source, target)
+        return
+    fs, source_path = resolve(source)
+    fs.copy_file(source_path, resolve(target)[1])  # server-side copy
+
+
+def discard_dir(staging: str) -> None:
+    """Drop a stage that failed before publishing."""
+    if is_local(staging):
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        remove_dir(staging)
+
+
+def read_manifest(stage: str) -> dict[str, Any] | None:
+    stored = read_json(join(stage, MANIFEST))
+    return stored if isinstance(stored, dict) else None
+
+
+def data_dir(stage: str) -> str:
+    """Where a published stage's part files are (the manifest's version prefix on object stores)."""
+    stored = read_manifest(stage)
+    return join(stage, stored["data"]) if stored and stored.get("data") else stage
+
+
+def parquet_parts(stage: str | Path) -> list[str]:
+    folder = data_dir(str(stage))
+    return [
+        join(folder, rel)
+        for rel, _, _ in listing(folder)
+        if rel.startswith("part-") and rel.endswith(".parquet")
+    ]

@@ -9,26 +9,23 @@ The same workers then train a second model on a random 80/20 split, for comparis
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import logging
 import platform
-import shutil
 import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import xgboost as xgb
 from xgboost import collective
 
-from compute import manifest
+from compute import manifest, storage
 from compute import metrics as metrics_module
 from compute import model as contract
 from compute.cluster import fan_out
@@ -36,7 +33,6 @@ from compute.layout import Layout
 from compute.metrics import ErrorSums, merge_all
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.settings import Settings
-from compute.storage import parquet_parts, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -48,7 +44,7 @@ PLOT_SAMPLE_PER_WORKER = 5_000
 
 def date_counts(part: str) -> dict[str, Any]:
     """Rows per date among rows with both features, plus how many rows lack them."""
-    table = pq.read_table(part, columns=["Date", *FEATURE_COLUMNS])
+    table = storage.read_parquet(part, columns=["Date", *FEATURE_COLUMNS])
     usable = pc.and_(*[pc.is_valid(table.column(c)) for c in FEATURE_COLUMNS])
     counts = pc.value_counts(table.column("Date").filter(usable))
     return {
@@ -74,7 +70,7 @@ def holdout_cutoff(dates: dict[str, int], holdout_fraction: float) -> str:
 def load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int) -> dict[str, np.ndarray]:
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "volume", "date", "time_test", "random_test")}
     for part in parts:
-        table = pq.read_table(part, columns=["Date", TARGET_COLUMN, *FEATURE_COLUMNS])
+        table = storage.read_parquet(part, columns=["Date", TARGET_COLUMN, *FEATURE_COLUMNS])
         table = table.filter(pc.and_(*[pc.is_valid(table.column(c)) for c in FEATURE_COLUMNS]))
         dates = table.column("Date").cast(pa.date32()).to_numpy()  # datetime64[D]
         arrays["x"].append(contract.feature_matrix(*[table.column(c).to_numpy() for c in FEATURE_COLUMNS]))
@@ -82,7 +78,9 @@ def load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int)
         arrays["date"].append(dates)
         arrays["time_test"].append(dates >= np.datetime64(cutoff))
         # Seeded by the part's name, so the random split does not depend on the number of workers.
-        rng = np.random.default_rng([seed, int(Path(part).stem.split("-")[-1])])
+        rng = np.random.default_rng(
+            [seed, int(storage.basename(part).removesuffix(".parquet").split("-")[-1])]
+        )
         arrays["random_test"].append(rng.random(len(dates)) < random_fraction)
     if not parts:
         return {"x": np.zeros((0, 2)), "volume": np.zeros(0), "date": np.zeros(0, "datetime64[D]"),
@@ -146,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     test = shard["time_test"]
     rng = np.random.default_rng([config["seed"], rank])
     pick = rng.choice(int(test.sum()), size=min(PLOT_SAMPLE_PER_WORKER, int(test.sum())), replace=False)
-    work = Path(config["work_dir"])
+    work = config["work_dir"]
     result = {
         "rank": rank,
         "load_seconds": load_seconds,
@@ -162,15 +160,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rand is None
         else {k: v for k, v in rand.items() if k not in ("booster", "predicted")},
     }
+    sample = io.BytesIO()
     np.savez(
-        work / f"sample-{rank}.npz",
+        sample,
         actual=shard["volume"][test][pick],
         predicted=timed["predicted"][pick],
         baseline=shard["x"][test][pick, 0],
     )
+    storage.write_bytes(sample.getvalue(), storage.join(work, f"sample-{rank}.npz"))
     if rank == 0:  # every worker holds the same model after collective training
-        write_bytes(bytes(timed["booster"].save_raw(raw_format="ubj")), work / contract.MODEL_FILE)
-    (work / f"rank-{rank}.json").write_text(json.dumps(result))
+        model_bytes = bytes(timed["booster"].save_raw(raw_format="ubj"))
+        storage.write_bytes(model_bytes, storage.join(work, contract.MODEL_FILE))
+    storage.write_json(result, storage.join(work, f"rank-{rank}.json"))
 
 
 # --- driver ---------------------------------------------------------------------------------------
@@ -207,8 +208,8 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     from ray.train.xgboost import XGBoostTrainer
 
     started = time.perf_counter()
-    layout = Layout(Path(settings.out))
-    parts = [str(p) for p in parquet_parts(layout.stage2)]
+    layout = Layout(settings.out)
+    parts = storage.parquet_parts(layout.stage2)
     if not parts:
         raise FileNotFoundError(f"no stage 2 output in {layout.root}: run `stockpipe features` first")
     device = resolve_device(settings.train_device)
@@ -238,8 +239,10 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
         f"train: {workers} Ray Train workers on {device}, cutoff {cutoff}, {settings.train_rounds} rounds"
     )
 
-    work = layout.model.with_name(f".train-{uuid.uuid4().hex[:12]}")
-    work.mkdir(parents=True)
+    # Scratch space beside the model, so that it is shared storage whenever the output is.
+    work = storage.join(layout.root, f".train-{uuid.uuid4().hex[:12]}")
+    storage.make_dirs(work)
+    fs, work_path = storage.resolve(work)
     try:
         config = {
             "parts": parts,
@@ -249,7 +252,7 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
             "random_fraction": settings.holdout_fraction,
             "seed": settings.seed,
             "compare_random": settings.train_compare_random_split,
-            "work_dir": str(work.resolve()),
+            "work_dir": work,
         }
         trainer = XGBoostTrainer(
             train_loop_per_worker,
@@ -258,13 +261,15 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
                 num_workers=workers, use_gpu=device == "cuda", resources_per_worker=per_worker
             ),
             run_config=RunConfig(
-                name=f"stockpipe-train-{uuid.uuid4().hex[:8]}", storage_path=str(work.resolve())
+                name=f"stockpipe-train-{uuid.uuid4().hex[:8]}",
+                storage_path=work_path,
+                storage_filesystem=None if storage.is_local(work) else fs,
             ),
         )
         fit_started = time.perf_counter()
         trainer.fit()
         fit_seconds = time.perf_counter() - fit_started
-        results = [json.loads(p.read_text()) for p in sorted(work.glob("rank-*.json"))]
+        results = [storage.read_json(storage.join(work, name)) for name in _names(work, "rank-")]
         metrics = _summarise(results, counted, cutoff, device, workers, params, settings)
         metrics["timing"] = {
             "ray_train_fit_seconds": round(fit_seconds, 3),
@@ -275,7 +280,7 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
         metrics["fingerprint"] = fingerprint
         _publish(work, layout, results, metrics, settings)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        storage.discard_dir(work)
     return metrics
 
 
@@ -291,13 +296,13 @@ def _fingerprint(layout: Layout, settings: Settings, device: str) -> str:
 
 def _reusable_model(layout: Layout, fingerprint: str) -> dict[str, Any] | None:
     # metrics.json is written last, so a matching one means model.bin and model.json are complete.
-    try:
-        metrics = json.loads((layout.model / "metrics.json").read_text())
-    except (OSError, ValueError):
+    metrics = storage.read_json(storage.join(layout.model, "metrics.json"))
+    if not isinstance(metrics, dict):
         return None
-    whole = (layout.model / contract.MODEL_FILE).is_file() and (
-        layout.model / contract.METADATA_FILE
-    ).is_file()
+    whole = all(
+        storage.is_file(storage.join(layout.model, name))
+        for name in (contract.MODEL_FILE, contract.METADATA_FILE)
+    )
     return metrics if whole and metrics.get("fingerprint") == fingerprint else None
 
 
@@ -352,7 +357,7 @@ def _summarise(
 
 
 def _publish(
-    work: Path, layout: Layout, results: list[dict[str, Any]], metrics: dict[str, Any], settings: Settings
+    work: str, layout: Layout, results: list[dict[str, Any]], metrics: dict[str, Any], settings: Settings
 ) -> None:
     from compute import plots
 
@@ -363,15 +368,16 @@ def _publish(
             zip(history["train"][metric], history["validation"][metric], strict=True)
         ):
             lines.append(f"round={i} train-{metric}={tr:.8g} validation-{metric}={va:.8g}")
-    write_bytes(("\n".join(lines) + "\n").encode(), layout.logs / "training.log")
+    storage.write_bytes(("\n".join(lines) + "\n").encode(), storage.join(layout.logs, "training.log"))
 
-    samples = [np.load(p) for p in sorted(work.glob("sample-*.npz"))]
+    samples = [
+        np.load(io.BytesIO(storage.read_bytes(storage.join(work, name)))) for name in _names(work, "sample-")
+    ]
     sample = {k: np.concatenate([s[k] for s in samples]) for k in ("actual", "predicted", "baseline")}
-    layout.reports.mkdir(parents=True, exist_ok=True)
-    plots.learning_curve(history, layout.reports / "learning_curve.png")
-    plots.predicted_vs_actual(sample, layout.reports / "predicted_vs_actual.png")
-
-    stage2_files = parquet_parts(layout.stage2)
+    storage.write_bytes(plots.learning_curve(history), storage.join(layout.reports, "learning_curve.png"))
+    storage.write_bytes(
+        plots.predicted_vs_actual(sample), storage.join(layout.reports, "predicted_vs_actual.png")
+    )
     metadata = {
         "features": list(FEATURE_COLUMNS),
         "target": TARGET_COLUMN,
@@ -379,7 +385,7 @@ def _publish(
         "objective": metrics["params"]["objective"],
         "training_window": metrics["time_split"]["train_dates"],
         "holdout_cutoff": metrics["time_split"]["cutoff"],
-        "data_hash": _data_hash(stage2_files),
+        "data_hash": _data_hash(storage.parquet_parts(layout.stage2)),
         "metrics": {
             "time_split": metrics["time_split"]["model"],
             "baseline": metrics["time_split"]["baseline"],
@@ -393,18 +399,22 @@ def _publish(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    model_dir = layout.model
-    model_dir.mkdir(parents=True, exist_ok=True)
-    write_bytes((work / contract.MODEL_FILE).read_bytes(), model_dir / contract.MODEL_FILE)
-    write_json(metadata, model_dir / contract.METADATA_FILE)
-    write_json(metrics, model_dir / "metrics.json")
+    model_bytes = storage.read_bytes(storage.join(work, contract.MODEL_FILE))
+    storage.write_bytes(model_bytes, storage.join(layout.model, contract.MODEL_FILE))
+    storage.write_json(metadata, storage.join(layout.model, contract.METADATA_FILE))
+    storage.write_json(metrics, storage.join(layout.model, "metrics.json"))  # last: marks the model whole
 
 
-def _data_hash(files: list[Path]) -> str:
+def _names(folder: str, prefix: str) -> list[str]:
+    return [name for name, _, _ in storage.listing(folder) if name.startswith(prefix)]
+
+
+def _data_hash(parts: list[str]) -> str:
     digest = hashlib.sha256()
-    for f in files:
-        digest.update(f.name.encode())
-        with open(f, "rb") as fh:
+    for part in parts:
+        digest.update(storage.basename(part).encode())
+        fs, path = storage.resolve(part)
+        with fs.open_input_stream(path) as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
     return f"sha256:{digest.hexdigest()}"

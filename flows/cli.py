@@ -10,7 +10,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from compute import download
+from compute import download, storage
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import Layout
 from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, get_settings
@@ -128,17 +128,21 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "download":
         return _download(args.dataset, args.dest, args.force)
-    out = Path(args.out or get_settings().out)
-    if out.exists() and not out.is_dir():
+    try:
+        out = storage.normalize(args.out or get_settings().out)
+        out_kind = storage.kind(out)
+    except (ValueError, OSError) as exc:
+        return _fail(f"cannot use --out '{args.out}': {exc}")
+    if out_kind == "file":
         return _fail(f"--out '{out}' exists and is not a directory")
     if hasattr(args, "source"):
         try:
             _check_source(args.source)
         except (SourceError, DownloadError) as exc:
             return _fail(str(exc))
-    elif args.command == "features" and not Layout(out).stage1.is_dir():
+    elif args.command == "features" and not storage.is_dir(Layout(out).stage1):
         return _fail(f"no stage 1 output in '{out}': run `stockpipe ingest --out {out}` first")
-    elif args.command == "train" and not Layout(out).stage2.is_dir():
+    elif args.command == "train" and not storage.is_dir(Layout(out).stage2):
         return _fail(f"no stage 2 output in '{out}': run `stockpipe features --out {out}` first")
     elif args.command == "serve":
         return _serve(Layout(out), args.host, args.port)
@@ -147,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows import pipeline
 
-    common = {"out": str(out), "ray_address": args.ray_address, "force": args.force}
+    common = {"out": out, "ray_address": args.ray_address, "force": args.force}
     try:
         result = _run_flow(pipeline, args, common)
     except DownloadError as exc:  # e.g. the network went away between the check and the download
@@ -196,7 +200,7 @@ def _download(dataset: str, dest: str | None, force: bool) -> int:
 
 def _serve(layout: Layout, host: str | None, port: int | None) -> int:
     """Register <out>/model in the BentoML model store, then become `bentoml serve` for it."""
-    if not (layout.model / "model.bin").is_file():
+    if not storage.is_file(storage.join(layout.model, "model.bin")):
         return _fail(f"no trained model in '{layout.model}': run `stockpipe train --out {layout.root}` first")
     from bento.package import register_model
 
@@ -246,7 +250,7 @@ def _print_outputs(layout: Layout, result: dict) -> None:
             f"R² {model['r2']:.3f} vs {base['r2']:.3f}"
         )
         print(f"  model:      {layout.model}/ (model.bin, model.json, metrics.json)")
-        print(f"  log:        {layout.logs / 'training.log'}")
+        print(f"  log:        {storage.join(layout.logs, 'training.log')}")
         print(f"  plots:      {layout.reports}/learning_curve.png, predicted_vs_actual.png")
     if "package" in result:
         bento = result["package"]["bento"]

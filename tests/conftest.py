@@ -15,6 +15,11 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+# For the loopback S3 endpoint in test_object_store (it accepts any key). Set before Ray starts, so
+# that its workers inherit them; no instance-metadata lookups, which would hang without a cloud.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "stockpipe-test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "stockpipe-test")
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A private BentoML model and Bento store for the test session, never the user's ~/bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="stockpipe-bentoml-")
 

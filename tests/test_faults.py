@@ -28,7 +28,7 @@ def ingest_batch_dying_once(*args: Any) -> Any:
 
 
 def stage_files(out: Path, stage: str) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in parquet_parts(out / stage)}
+    return {Path(p).name: Path(p).read_bytes() for p in parquet_parts(out / stage)}
 
 
 def test_killed_ray_worker_is_retried_and_outputs_are_identical(
@@ -96,16 +96,39 @@ def test_unchanged_rerun_reuses_stages_and_a_changed_file_rebuilds(
     assert stages.run_features(settings)["reused"]
     assert snapshot(tmp_path / "out") == before  # not one file rewritten
 
-    # One changed file: the stages are rebuilt and see the change.
+    # One changed, one removed and one new file: only the parts holding them are rebuilt, the other
+    # parts are carried over untouched, and the result is row-identical to a full rebuild.
+    parts_before = {p.name: p.stat().st_ino for p in (tmp_path / "out" / "stage2").glob("part-*")}
     atac = source / "stocks" / "ATAC.csv"
     atac.write_text(atac.read_text() + "2021-01-28,1,1,1,1,1,100\n")
+    (source / "etfs" / "ARKQ.csv").unlink()
+    shutil.copy(source / "stocks" / "ACC.csv", source / "stocks" / "ACCX.csv")
     changed = stages.run_ingest(str(source), settings)
-    assert "reused" not in changed and changed["rows"]["kept"] == first["rows"]["kept"] + 1
-    assert "reused" not in stages.run_features(settings)
-    assert pq.read_table(tmp_path / "out" / "stage2").num_rows == first["rows"]["kept"] + 1
+    features = stages.run_features(settings)
+    assert "reused" not in changed and "reused" not in features
+    inc = changed["incremental"]
+    assert inc["parts_carried_over"] >= 4 and inc["files_ingested"] <= 20, inc  # of 39 files
+    assert features["incremental"]["parts_carried_over"] == inc["parts_carried_over"]
+    parts_after = {p.name: p.stat().st_ino for p in (tmp_path / "out" / "stage2").glob("part-*")}
+    same = {name for name in parts_before if parts_after.get(name) == parts_before[name]}
+    assert len(same) == inc["parts_carried_over"], "carried-over parts must be the same files, not rewritten"
+
+    full = Settings(out=tmp_path / "full", force=True)
+    rebuilt = stages.run_ingest(str(source), full)
+    stages.run_features(full)
+    assert rebuilt["rows"] == changed["rows"] and rebuilt["files"] == changed["files"]
+    assert "ARKQ" not in changed["symbols_without_metadata"] + [r["symbol"] for r in changed["per_file"]]
+    for stage, keys in [("stage1", ("Symbol", "Date")), ("stage2", ("Symbol", "Date")),
+                        ("quarantine", ("source_file", "line"))]:  # fmt: skip
+        order = [(k, "ascending") for k in keys]
+        ours = pq.read_table(tmp_path / "out" / stage).sort_by(order)
+        theirs = pq.read_table(tmp_path / "full" / stage).sort_by(order)
+        assert ours.num_rows > 0 and ours.equals(theirs), stage
+    symbols = set(pq.read_table(tmp_path / "out" / "stage2").column("Symbol").to_pylist())
+    assert "ACCX" in symbols and "ARKQ" not in symbols
 
     forced = stages.run_ingest(str(source), Settings(out=tmp_path / "out", force=True))
-    assert "reused" not in forced
+    assert "reused" not in forced and forced["incremental"]["parts_carried_over"] == 0
 
 
 def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_path: Path) -> None:
