@@ -24,8 +24,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 _dashboard_url: str | None = None
 
 
-def connect(settings: Settings) -> str | None:
-    """Join RAY_ADDRESS's cluster, or start a local one; return the dashboard URL if there is one."""
+def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> str | None:
+    """Join RAY_ADDRESS's cluster, or start a local one; return the dashboard URL if there is one.
+
+    Stages call this only once they have work to do, so a re-run with nothing to rebuild never
+    pays Ray's start-up (8-15 s here)."""
     global _dashboard_url
     if not ray.is_initialized():
         if settings.ray_address:
@@ -41,6 +44,8 @@ def connect(settings: Settings) -> str | None:
             )
         url = context.dashboard_url
         _dashboard_url = url if not url or url.startswith("http") else f"http://{url}"
+        if _dashboard_url:
+            progress(f"Ray dashboard: {_dashboard_url} (token: `ray get-auth-token`)")
     return _dashboard_url
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from compute import features, ingest, manifest, schema, sources, storage
+from compute import cluster, features, ingest, manifest, schema, sources, storage
 from compute.cluster import cluster_cpus, fan_out
 from compute.features import features_part
 from compute.ingest import FileResult, ingest_batch
@@ -71,6 +71,9 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         storage.write_json(report, layout.ingest_report)
         return report
 
+    cluster.connect(settings, progress)
+    storage.remove_leftovers(layout.stage1)
+    storage.remove_leftovers(layout.quarantine)
     carried = _unchanged_parts(previous, basis, entries)
     done = {member for part in carried.values() for member in part["files"]}
     todo = [f for f in listing.files if f.member not in done]
@@ -165,6 +168,8 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
         storage.write_json(summary, layout.features_report)
         return summary
 
+    cluster.connect(settings, progress)
+    storage.remove_leftovers(layout.stage2)
     # Each stage-1 part's identity; a stage 1 this pipeline did not write has none and is rebuilt.
     stage1_manifest = storage.read_manifest(layout.stage1) or {}
     sources_of = {

@@ -119,6 +119,13 @@ def listing(location: str, recursive: bool = False) -> list[tuple[str, int, int]
     )
 
 
+def children(location: str) -> list[str]:
+    """Names of the files and folders directly inside a folder (none if it does not exist)."""
+    fs, path = resolve(location)
+    selector = pafs.FileSelector(path, allow_not_found=True)
+    return sorted(info.base_name for info in fs.get_file_info(selector))
+
+
 def open_input(location: str) -> BinaryIO:
     """A seekable, buffered binary file (zipfile reads the central directory at the end first)."""
     if is_local(location):
@@ -258,6 +265,16 @@ def carry_over(source: str, target: str) -> None:
         return
     fs, source_path = resolve(source)
     fs.copy_file(source_path, resolve(target)[1])  # server-side copy
+
+
+def remove_leftovers(final: str) -> None:
+    """Delete what a killed run left beside a local stage (staging and old folders). On an object
+    store, unpublished versions are deleted by the next publish."""
+    if is_local(final):
+        path = Path(final)
+        for leftover in path.parent.glob(f".{path.name}.*"):
+            if leftover.name.endswith((".staging", ".old")) and leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def discard_dir(staging: str) -> None:

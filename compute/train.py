@@ -25,7 +25,7 @@ import ray
 import xgboost as xgb
 from xgboost import collective
 
-from compute import manifest, storage
+from compute import cluster, manifest, storage
 from compute import metrics as metrics_module
 from compute import model as contract
 from compute.cluster import fan_out
@@ -37,6 +37,7 @@ from compute.settings import Settings
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 PLOT_SAMPLE_PER_WORKER = 5_000
+SCRATCH_PREFIX = ".train-"
 
 
 # --- split ----------------------------------------------------------------------------------------
@@ -212,11 +213,15 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     parts = storage.parquet_parts(layout.stage2)
     if not parts:
         raise FileNotFoundError(f"no stage 2 output in {layout.root}: run `stockpipe features` first")
-    device = resolve_device(settings.train_device)
-    fingerprint = _fingerprint(layout, settings, device)
+    fingerprint = _fingerprint(layout, settings)
     if not settings.force and (previous := _reusable_model(layout, fingerprint)):
         progress("train: stage 2, the code and the training settings are unchanged: model reused")
         return {**previous, "reused": True}
+    cluster.connect(settings, progress)
+    for name in storage.children(layout.root):
+        if name.startswith(SCRATCH_PREFIX):  # left by a killed run (one run per output at a time)
+            storage.discard_dir(storage.join(layout.root, name))
+    device = resolve_device(settings.train_device)
     counted = fan_out(date_counts, [(p,) for p in parts], label="train-split", progress=progress).results
     dates: dict[str, int] = {}
     for c in counted:
@@ -240,7 +245,7 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     )
 
     # Scratch space beside the model, so that it is shared storage whenever the output is.
-    work = storage.join(layout.root, f".train-{uuid.uuid4().hex[:12]}")
+    work = storage.join(layout.root, f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}")
     storage.make_dirs(work)
     fs, work_path = storage.resolve(work)
     try:
@@ -284,14 +289,15 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
     return metrics
 
 
-def _fingerprint(layout: Layout, settings: Settings, device: str) -> str:
-    """What the model is built from: stage 2, this code, the training settings, the device."""
+def _fingerprint(layout: Layout, settings: Settings) -> str:
+    """What the model is built from: stage 2, this code, the training settings (the requested
+    device: "auto" reuses a model whichever device built it)."""
     training = settings.model_dump(include={
         "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
-        "train_workers", "train_compare_random_split", "seed",
+        "train_workers", "train_compare_random_split", "seed", "train_device",
     })  # fmt: skip
     code = manifest.code(sys.modules[__name__], contract, metrics_module)
-    return manifest.digest(manifest.stage_id(layout.stage2), code, training, device)
+    return manifest.digest(manifest.stage_id(layout.stage2), code, training)
 
 
 def _reusable_model(layout: Layout, fingerprint: str) -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from bento import package
-from compute import cluster, download, stages, train
+from compute import download, stages, train
 from compute.layout import Layout
 from compute.report import ingest_markdown, training_markdown
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
@@ -16,11 +16,7 @@ from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 
 def _settings(out: str, ray_address: str | None, force: bool = False, **overrides: Any) -> Settings:
     # force=False leaves STOCKPIPE_FORCE in charge; True rebuilds stages whose inputs are unchanged.
-    settings = get_settings(out=out, ray_address=ray_address, force=force or None, **overrides)
-    url = cluster.connect(settings)
-    if url:
-        get_run_logger().info("Ray dashboard: %s (token: `ray get-auth-token`)", url)
-    return settings
+    return get_settings(out=out, ray_address=ray_address, force=force or None, **overrides)
 
 
 @task(

@@ -1,16 +1,23 @@
-"""Faults injected for real: a Ray worker process dies mid-stage, a Prefect task fails once; and
-re-runs give byte-identical outputs."""
+"""Faults injected for real: a Ray worker process dies mid-stage, a Prefect task fails once, the
+whole run is killed; and re-runs give byte-identical outputs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
+from bench.procs import stop
 from compute import ingest, stages, train
 from compute.settings import Settings
 from compute.storage import parquet_parts
@@ -140,3 +147,56 @@ def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_pat
     changed = Settings(out=tmp_path, train_rounds=5, train_compare_random_split=False)
     retrained = train.run_train(changed)
     assert "reused" not in retrained and retrained["rounds"] == 5
+
+
+def _run_until(command: list[str], env: dict[str, str], ready: Callable[[], bool], log: Path) -> bool:
+    """Start `command` in its own process group; SIGKILL the whole group as soon as ready() holds.
+    Returns False if the command finished before that."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            return True
+        time.sleep(0.02)
+    stop(process)
+    return False
+
+
+def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
+    ray_session: str | None, prefect_harness: None, sample_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """The whole `stockpipe run` is SIGKILLed (no cleanup runs) mid-ingest, then mid-training; the
+    third run finishes, reuses what the second finished, and removes what the kills left."""
+    import ray
+    from prefect.settings import PREFECT_API_URL
+
+    out = tmp_path / "out"
+    # The runs join this session's Ray cluster and Prefect server, as a deployment run would.
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    command = [sys.executable, "-m", "flows.cli", "run", "--source", str(SAMPLE), "--out", str(out),
+               "--ray-address", ray.get_runtime_context().gcs_address]  # fmt: skip
+
+    def staging() -> bool:
+        return any(out.glob(".stage1.*.staging/part-*.parquet"))
+
+    def training() -> bool:
+        return any(out.glob(".train-*/*"))
+
+    assert _run_until(command, env, staging, tmp_path / "1.log"), "killed too late: ingest had finished"
+    assert not (out / "stage1").exists() and any(out.glob(".stage1.*.staging"))
+    assert _run_until(command, env, training, tmp_path / "2.log"), "killed too late: training had finished"
+    assert (out / "stage2" / "_manifest.json").exists() and not (out / "model").exists()
+
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
+    assert "reused: ingest, features" in finished.stdout
+    assert not list(out.glob(".*")), "a killed run's staging or scratch folders were left behind"
+    for stage in ("stage1", "stage2", "quarantine"):
+        assert stage_files(out, stage) == stage_files(sample_run["out"], stage), stage
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    assert metrics["rows"] == sample_run["result"]["train"]["rows"]
