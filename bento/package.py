@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import bentoml
+import yaml
 
 from compute import model as contract
 from compute import storage
@@ -52,12 +53,28 @@ def _flat(metadata: dict) -> dict:
     }
 
 
+def bento_version(model_tag: str) -> str:
+    """Content-addressed: the model plus the build file and every file it includes."""
+    config = yaml.safe_load(BENTOFILE.read_text())
+    digest = hashlib.sha256(model_tag.encode())
+    digest.update(BENTOFILE.read_bytes())
+    for name in sorted(config.get("include", [])):
+        digest.update(name.encode() + (PROJECT_ROOT / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def build_bento(model_tag: str) -> str:
-    """`bentoml build` with bento/bentofile.yaml, pinned to this model; return the Bento's tag."""
+    """`bentoml build` with bento/bentofile.yaml, pinned to this model; return the Bento's tag.
+    A Bento already built from the same model and files is reused."""
+    name, version = yaml.safe_load(BENTOFILE.read_text())["name"], bento_version(model_tag)
+    try:
+        return str(bentoml.bentos.get(f"{name}:{version}").tag)
+    except bentoml.exceptions.NotFound:
+        pass
     previous = os.environ.get("STOCKPIPE_MODEL_TAG")
     os.environ["STOCKPIPE_MODEL_TAG"] = model_tag  # read by the service when the build imports it
     try:
-        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), build_ctx=str(PROJECT_ROOT))
+        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), version=version, build_ctx=str(PROJECT_ROOT))
     finally:
         if previous is None:
             os.environ.pop("STOCKPIPE_MODEL_TAG", None)

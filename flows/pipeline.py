@@ -71,7 +71,7 @@ def package_model(settings: Settings) -> dict[str, str]:
     model_tag = package.register_model(Layout(settings.out).model)
     bento_tag = package.build_bento(model_tag)
     get_run_logger().info(
-        "Bento %s built with model %s; serve it with: bentoml serve %s", bento_tag, model_tag, bento_tag
+        "Bento %s with model %s; serve it with: bentoml serve %s", bento_tag, model_tag, bento_tag
     )
     return {"model": model_tag, "bento": bento_tag}
 
