@@ -7,7 +7,7 @@ SOURCE ?= data/sample
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint image clean
 
 $(BIN)/stockpipe: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 	$(BIN)/ruff check .
 	# pytest exits 5 when it collects nothing: say so instead of failing on a selection with no tests.
 	$(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo 'pytest: no tests collected'; exit $$rc; }
+
+# An OCI image of the Bento for $(OUT)'s model, with buildah (needs root, buildah and debootstrap).
+image: setup
+	$(BIN)/stockpipe containerize --out $(OUT)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -99,6 +99,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=_port, default=None, help="port (default 3000)")
+    image_help = (
+        "Build an OCI image of the Bento for the model in <out>/model/ with buildah (no Docker needed; "
+        "the base image is made locally from Debian packages). With Docker, `bentoml containerize` "
+        "is the usual way."
+    )
+    containerize = commands.add_parser("containerize", help=image_help, description=image_help)
+    containerize.add_argument(
+        "--out", default=None, metavar="DIR", help="output directory (default: $STOCKPIPE_OUT or ./output)"
+    )
+    containerize.add_argument(
+        "--image", default=None, help="image name (default localhost/stockpipe:<Bento version>)"
+    )
     return parser
 
 
@@ -146,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no stage 2 output in '{out}': run `stockpipe features --out {out}` first")
     elif args.command == "serve":
         return _serve(Layout(out), args.host, args.port)
+    elif args.command == "containerize":
+        return _containerize(Layout(out), args.image)
 
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -220,6 +234,30 @@ def _serve(layout: Layout, host: str | None, port: int | None) -> int:
         str(PROJECT_ROOT),
     ]
     os.execv(sys.executable, command)  # replaces this process, so signals reach the server directly
+
+
+def _containerize(layout: Layout, name: str | None) -> int:
+    """Register the model, build (or reuse) its Bento, and build the image with buildah."""
+    from bento import image, package
+
+    reason = image.missing_tools(need_base=not image.image_exists(image.BASE_IMAGE))
+    if reason:
+        return _fail(f"cannot build an image here: {reason}")
+    if not storage.is_file(storage.join(layout.model, "model.bin")):
+        return _fail(f"no trained model in '{layout.model}': run `stockpipe train --out {layout.root}` first")
+    bento = package.build_bento(package.register_model(layout.model))
+    try:
+        built = image.containerize(bento, name)
+    except image.ImageError as exc:
+        return _fail(str(exc))
+    print(f"image {built} (Bento {bento}) is in buildah's local storage")
+    print(
+        f"  run it here:  buildah run --network host $(buildah from {built}) -- "
+        "/home/bentoml/bento/env/docker/entrypoint.sh --port 3000"
+    )
+    print(f"  export it:    buildah push {built} docker-archive:stockpipe.tar  (then `docker load -i`)")
+    print(f"  with Docker:  docker run -p 3000:3000 {built} --host 0.0.0.0")
+    return 0
 
 
 def _print_outputs(layout: Layout, result: dict) -> None:

@@ -10,25 +10,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.procs import free_port, start_server, stop
 from bento.service import MAX_BATCH
-from compute import model as contract
-
-
-@pytest.fixture(scope="module")
-def expected(sample_run: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Real feature rows from the sample (plus edge values) and the booster's own predictions."""
-    table = pq.read_table(sample_run["out"] / "stage2").to_pandas().dropna().sample(200, random_state=0)
-    m = np.concatenate([table["vol_moving_avg"].to_numpy(), [0.0, 0.5, 51318.0, 7.4e9, 1e12]])
-    a = np.concatenate([table["adj_close_rolling_med"].to_numpy(), [0.0, 1.0, 216.0, 500.0, 1e7]])
-    booster, metadata = contract.load(sample_run["out"] / "model")
-    volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
-    return {"m": m, "a": a, "volume": np.rint(volume).astype(np.int64)}
 
 
 def test_get_predict_matches_the_booster(served: str, expected: dict[str, np.ndarray]) -> None:
