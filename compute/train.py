@@ -205,9 +205,6 @@ def xgb_params(settings: Settings, device: str, threads: int) -> dict[str, Any]:
 
 def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, Any]:
     """Train, evaluate and save the model under <out>/model; return the metrics."""
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.xgboost import XGBoostTrainer
-
     started = time.perf_counter()
     layout = Layout(settings.out)
     parts = storage.parquet_parts(layout.stage2)
@@ -218,6 +215,9 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
         progress("train: stage 2, the code and the training settings are unchanged: model reused")
         return {**previous, "reused": True}
     cluster.connect(settings, progress)
+    from ray.train import RunConfig, ScalingConfig  # about 2 s to import: only when training
+    from ray.train.xgboost import XGBoostTrainer
+
     for name in storage.children(layout.root):
         if name.startswith(SCRATCH_PREFIX):  # left by a killed run (one run per output at a time)
             storage.discard_dir(storage.join(layout.root, name))
