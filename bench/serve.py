@@ -94,17 +94,30 @@ def measure(name: str, url: str, concurrencies: list[int], seconds: float) -> No
 
 
 def soak(url: str, process: subprocess.Popen, seconds: float, concurrency: int = 32) -> None:
-    """A bounded load test: GET /predict for `seconds`, with the server's memory before and after."""
+    """A bounded load test: GET /predict for `seconds`, in 30-second windows, with the server's
+    memory after each window (growth that continues window after window would be a leak)."""
     asyncio.run(get_load(url, concurrency, 5))  # warm up: first requests allocate caches
-    before = tree_pss(psutil.Process(process.pid))
-    r = asyncio.run(get_load(url, concurrency, seconds))
-    after = tree_pss(psutil.Process(process.pid))
     mib = 2**20
+    memory = [tree_pss(psutil.Process(process.pid))]
+    totals = {"requests": 0, "errors": 0, "p99_ms": 0.0}
+    windows = max(round(seconds / 30), 1)
+    for i in range(windows):
+        r = asyncio.run(get_load(url, concurrency, seconds / windows))
+        memory.append(tree_pss(psutil.Process(process.pid)))
+        totals["requests"] += r["requests"]
+        totals["errors"] += r["errors"]
+        totals["p99_ms"] = max(totals["p99_ms"], r["p99_ms"])
+        print(
+            f"  window {i + 1}/{windows}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
+            f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors; server memory {memory[-1] / mib:,.1f} MiB",
+            flush=True,
+        )
     print(
-        f"soak {seconds:.0f} s, c={concurrency}: {r['requests']:,} requests, {r['errors']} errors, "
-        f"{r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; server memory "
-        f"(PSS) {before / mib:,.1f} MiB before, {after / mib:,.1f} MiB after "
-        f"({(after - before) / mib:+.1f} MiB)",
+        f"soak {seconds:.0f} s, c={concurrency}: {totals['requests']:,} requests, {totals['errors']} errors, "
+        f"{totals['requests'] / seconds:,.0f} req/s, worst window p99 {totals['p99_ms']:.2f} ms; server "
+        f"memory (PSS) {memory[0] / mib:,.1f} MiB after warm-up, "
+        + " -> ".join(f"{m / mib:,.0f}" for m in memory[1:])
+        + " MiB",
         flush=True,
     )
 
