@@ -97,10 +97,6 @@ def is_dir(location: str) -> bool:
     return _info(location).type == pafs.FileType.Directory
 
 
-def exists(location: str) -> bool:
-    return _info(location).type != pafs.FileType.NotFound
-
-
 def kind(location: str) -> str:
     """'file', 'dir' or 'missing'."""
     found = _info(location).type
