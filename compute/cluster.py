@@ -22,6 +22,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 _dashboard_url: str | None = None
+_start_seconds = 0.0  # how long this process's ray.init took, once it has run
+
+
+def start_seconds() -> float:
+    """Seconds spent starting or joining Ray in this process (0 before the first connect)."""
+    return _start_seconds
 
 
 def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> str | None:
@@ -29,8 +35,9 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
 
     Stages call this only once they have work to do, so a re-run with nothing to rebuild never
     pays Ray's start-up (8-15 s here)."""
-    global _dashboard_url
+    global _dashboard_url, _start_seconds
     if not ray.is_initialized():
+        started = time.perf_counter()
         if settings.ray_address:
             context = ray.init(address=settings.ray_address, logging_level=logging.WARNING)
         else:
@@ -42,6 +49,7 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
                 dashboard_port=settings.dashboard_port,
                 logging_level=logging.WARNING,
             )
+        _start_seconds = time.perf_counter() - started
         url = context.dashboard_url
         _dashboard_url = url if not url or url.startswith("http") else f"http://{url}"
         if _dashboard_url:

@@ -71,7 +71,9 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
         storage.write_json(report, layout.ingest_report)
         return report
 
+    ray_before = cluster.start_seconds()
     cluster.connect(settings, progress)
+    started += cluster.start_seconds() - ray_before  # stage time excludes starting Ray
     storage.remove_leftovers(layout.stage1)
     storage.remove_leftovers(layout.quarantine)
     carried = _unchanged_parts(previous, basis, entries)
@@ -168,7 +170,9 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
         storage.write_json(summary, layout.features_report)
         return summary
 
+    ray_before = cluster.start_seconds()
     cluster.connect(settings, progress)
+    started += cluster.start_seconds() - ray_before  # stage time excludes starting Ray
     storage.remove_leftovers(layout.stage2)
     # Each stage-1 part's identity; a stage 1 this pipeline did not write has none and is rebuilt.
     stage1_manifest = storage.read_manifest(layout.stage1) or {}
