@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 
 def free_port() -> int:
@@ -34,14 +35,26 @@ def wait_ready(url: str, process: subprocess.Popen, path: str = "/readyz", timeo
 
 
 def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, then SIGKILL if it has not gone in 20 s."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+    """SIGTERM the server's process group, then SIGKILL if it has not gone in 20 s. Descendants that
+    left the group (BentoML starts its workers in their own sessions) are stopped by process id."""
+    if process.poll() is not None:
+        return
+    try:
+        strays = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        strays = []
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    _, alive = psutil.wait_procs(strays, timeout=10)
+    for stray in alive:
+        stray.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=10)
+    for stray in alive:
+        stray.kill()
 
 
 def start_server(

@@ -29,10 +29,21 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     log = tmp_path_factory.mktemp("s3") / "moto.log"
     command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
     _, process = start_server(command, port, log, ready_path="/")
-    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    fs = pafs.S3FileSystem(
-        endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1", allow_bucket_creation=True
-    )
+    try:
+        fs = pafs.S3FileSystem(
+            endpoint_override=f"127.0.0.1:{port}",
+            scheme="http",
+            region="us-east-1",
+            allow_bucket_creation=True,
+        )
+        _upload_sample(fs)
+        options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        yield {"fs": fs, "uri": lambda key: f"s3://{BUCKET}/{key}?{options}"}
+    finally:
+        stop(process)
+
+
+def _upload_sample(fs: pafs.S3FileSystem) -> None:
     fs.create_dir(BUCKET)
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as archive:
@@ -44,10 +55,6 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     fh.write(path.read_bytes())
     with fs.open_output_stream(f"{BUCKET}/sample.zip") as fh:
         fh.write(zipped.getvalue())
-    try:
-        yield {"fs": fs, "uri": lambda key: f"s3://{BUCKET}/{key}?{options}"}
-    finally:
-        stop(process)
 
 
 def _stage_table(stage: str) -> pa.Table:
