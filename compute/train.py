@@ -29,7 +29,7 @@ from compute import cluster, manifest, storage
 from compute import metrics as metrics_module
 from compute import model as contract
 from compute.cluster import fan_out
-from compute.layout import Layout
+from compute.layout import Layout, part_number
 from compute.metrics import ErrorSums, merge_all
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.settings import Settings
@@ -79,9 +79,7 @@ def load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int)
         arrays["date"].append(dates)
         arrays["time_test"].append(dates >= np.datetime64(cutoff))
         # Seeded by the part's name, so the random split does not depend on the number of workers.
-        rng = np.random.default_rng(
-            [seed, int(storage.basename(part).removesuffix(".parquet").split("-")[-1])]
-        )
+        rng = np.random.default_rng([seed, part_number(storage.basename(part))])
         arrays["random_test"].append(rng.random(len(dates)) < random_fraction)
     if not parts:
         return {"x": np.zeros((0, 2)), "volume": np.zeros(0), "date": np.zeros(0, "datetime64[D]"),
