@@ -12,6 +12,7 @@ Nothing of them is committed: the image keeps Debian's own CA bundle and has no 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -21,7 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-BASE_IMAGE = "localhost/stockpipe-base:bookworm"
 SUITE = "bookworm"  # Debian 12, whose python3 is 3.11 as the Bento's Dockerfile expects
 # groupadd/useradd (passwd) and pip are used by the Bento's Dockerfile; python3-venv by uv.
 BASE_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates", "passwd")
@@ -29,6 +29,9 @@ HOST_CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-
 IMAGE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"  # where Debian's tools look
 # System-wide configuration folder (XDG) that both pip and uv read; empty in the base image.
 BUILD_CONFIG_DIR = "/etc/xdg"
+# Tagged by its recipe, so a changed recipe builds a new base instead of reusing a stale one.
+_RECIPE = hashlib.sha256(repr((SUITE, BASE_PACKAGES, BUILD_CONFIG_DIR, 1)).encode()).hexdigest()[:8]
+BASE_IMAGE = f"localhost/stockpipe-base:{SUITE}-{_RECIPE}"
 
 
 class ImageError(RuntimeError):
