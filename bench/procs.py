@@ -58,12 +58,14 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def start_server(
-    command: list[str], port: int, log: Path, ready_path: str = "/readyz"
+    command: list[str], port: int, log: Path, ready_path: str = "/readyz", env: dict[str, str] | None = None
 ) -> tuple[str, subprocess.Popen]:
     """Run `command` (which must bind 127.0.0.1:port) in a new session; return its URL when ready."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         wait_ready(url, process, ready_path)
     except Exception:

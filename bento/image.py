@@ -49,6 +49,16 @@ def missing_tools(need_base: bool = True) -> str | None:
     return None
 
 
+def require_tools(base: str = BASE_IMAGE) -> None:
+    """Raise ImageError, saying why, unless an image can be built here (debootstrap only matters
+    while the base image is missing)."""
+    reason = missing_tools(need_base=False)  # buildah itself first: image_exists runs it
+    if reason is None and not image_exists(base):
+        reason = missing_tools(need_base=True)
+    if reason:
+        raise ImageError(reason)
+
+
 def buildah_env() -> dict[str, str]:
     """vfs storage and chroot isolation work without kernel overlay support or user namespaces."""
     return {**os.environ, "STORAGE_DRIVER": os.environ.get("STORAGE_DRIVER", "vfs"),
@@ -138,9 +148,7 @@ def containerize(bento_tag: str, image: str | None = None, base: str = BASE_IMAG
     """Build an OCI image of a Bento in buildah's local storage; return the image name."""
     import bentoml
 
-    reason = missing_tools(need_base=not image_exists(base))
-    if reason:
-        raise ImageError(reason)
+    require_tools(base)
     if not image_exists(base):
         build_base(base)
     image = image or f"localhost/{bento_tag}"

@@ -53,9 +53,13 @@ def _flat(metadata: dict) -> dict:
     }
 
 
+def _bentofile() -> dict:
+    return yaml.safe_load(BENTOFILE.read_text())
+
+
 def bento_version(model_tag: str) -> str:
     """Content-addressed: the model plus the build file and every file it includes."""
-    config = yaml.safe_load(BENTOFILE.read_text())
+    config = _bentofile()
     digest = hashlib.sha256(model_tag.encode())
     digest.update(BENTOFILE.read_bytes())
     for name in sorted(config.get("include", [])):
@@ -66,7 +70,7 @@ def bento_version(model_tag: str) -> str:
 def build_bento(model_tag: str) -> str:
     """`bentoml build` with bento/bentofile.yaml, pinned to this model; return the Bento's tag.
     A Bento already built from the same model and files is reused."""
-    name, version = yaml.safe_load(BENTOFILE.read_text())["name"], bento_version(model_tag)
+    name, version = _bentofile()["name"], bento_version(model_tag)
     try:
         return str(bentoml.bentos.get(f"{name}:{version}").tag)
     except bentoml.exceptions.NotFound:

@@ -103,18 +103,19 @@ class VolumeService:
         volume = contract.predict_volume(booster, self.metadata, features)
         return np.rint(volume).astype(np.int64).tolist()
 
-    @http.get("/predict", summary="Predicted volume for one pair of features, as query parameters")
-    async def predict_get(self, features: Annotated[Features, Query()]) -> int:
-        # async: a one-row prediction takes microseconds, less than handing it to a thread pool.
+    def _predict_one(self, features: Features) -> int:
         return self._predict(np.array([features.vol_moving_avg]), np.array([features.adj_close_rolling_med]))[
             0
         ]
 
+    # async: a one-row prediction takes microseconds, less than handing it to a thread pool.
+    @http.get("/predict", summary="Predicted volume for one pair of features, as query parameters")
+    async def predict_get(self, features: Annotated[Features, Query()]) -> int:
+        return self._predict_one(features)
+
     @http.post("/predict", summary="Predicted volume for one pair of features, as a JSON object")
     async def predict_post(self, features: Features) -> int:
-        return self._predict(np.array([features.vol_moving_avg]), np.array([features.adj_close_rolling_med]))[
-            0
-        ]
+        return self._predict_one(features)
 
     @bentoml.api(route="/predict_batch", input_spec=Batch)
     def predict_batch(self, vol_moving_avg: list[float], adj_close_rolling_med: list[float]) -> list[int]:

@@ -36,7 +36,9 @@ def stage_id(stage: str) -> Any:
     return [item for item in storage.listing(stage) if item[0].startswith("part-")]
 
 
-def reusable(stage: str, fingerprint: str) -> dict[str, Any] | None:
-    """The stored result when `stage` was built from exactly these inputs, else None."""
-    stored = storage.read_manifest(stage)
-    return stored["result"] if stored and stored.get("fingerprint") == fingerprint else None
+def reused(previous: dict[str, Any] | None, fingerprint: str) -> dict[str, Any] | None:
+    """A stage's stored result, marked reused, when its manifest `previous` says it was built from
+    exactly these inputs; else None."""
+    if previous and previous.get("fingerprint") == fingerprint:
+        return {**previous["result"], "reused": True}
+    return None

@@ -65,15 +65,12 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
     )
     fingerprint = manifest.digest(basis, entries, listing.rejected, listing.ignored)
     previous = None if settings.force else storage.read_manifest(layout.stage1)
-    if previous and previous.get("fingerprint") == fingerprint:
+    if report := manifest.reused(previous, fingerprint):
         progress(f"ingest: {source.location} and the code are unchanged since the last run: stage 1 reused")
-        report = {**previous["result"], "reused": True}
         storage.write_json(report, layout.ingest_report)
         return report
 
-    ray_before = cluster.start_seconds()
-    cluster.connect(settings, progress)
-    started += cluster.start_seconds() - ray_before  # stage time excludes starting Ray
+    started += _join_ray(settings, progress)  # stage time excludes starting Ray
     storage.remove_leftovers(layout.stage1)
     storage.remove_leftovers(layout.quarantine)
     carried = _unchanged_parts(previous, basis, entries)
@@ -89,15 +86,10 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
 
     stage1, quarantine = storage.staging_dir(layout.stage1), storage.staging_dir(layout.quarantine)
     try:
-        for name, part in carried.items():
-            if part["stage1"]:
-                storage.carry_over(
-                    storage.join(storage.data_dir(layout.stage1), name), storage.join(stage1, name)
-                )
-            if part["quarantine"]:
-                storage.carry_over(
-                    storage.join(storage.data_dir(layout.quarantine), name), storage.join(quarantine, name)
-                )
+        _carry_over([name for name, part in carried.items() if part["stage1"]], layout.stage1, stage1)
+        _carry_over(
+            [name for name, part in carried.items() if part["quarantine"]], layout.quarantine, quarantine
+        )
         fanned = fan_out(
             ingest_batch,
             [
@@ -109,8 +101,8 @@ def run_ingest(source_location: str, settings: Settings, progress: Progress = lo
             progress=progress,
         )  # fmt: skip
     except BaseException:
-        storage.discard_dir(stage1)
-        storage.discard_dir(quarantine)
+        storage.remove_dir(stage1)
+        storage.remove_dir(quarantine)
         raise
     kept = [FileResult(**r) for r in previous["result"]["per_file"] if r["file"] in done] if carried else []
     parts = dict(carried)
@@ -155,6 +147,20 @@ def _unchanged_parts(
     }
 
 
+def _join_ray(settings: Settings, progress: Progress) -> float:
+    """Connect to Ray (starting a local one if needed); return the seconds that start took."""
+    before = cluster.start_seconds()
+    cluster.connect(settings, progress)
+    return cluster.start_seconds() - before
+
+
+def _carry_over(names: list[str], stage: str, staging: str) -> None:
+    """Put these unchanged part files of the published stage into its staging folder."""
+    published = storage.data_dir(stage)  # reads the manifest: once, not per part
+    for name in names:
+        storage.carry_over(storage.join(published, name), storage.join(staging, name))
+
+
 def run_features(settings: Settings, progress: Progress = log.info) -> dict[str, Any]:
     """Stage 2 from the stage-1 parts in settings.out; returns a small summary."""
     started = time.perf_counter()
@@ -164,15 +170,12 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
     code = manifest.code(features, schema)
     fingerprint = manifest.digest(manifest.stage_id(layout.stage1), code)
     previous = None if settings.force else storage.read_manifest(layout.stage2)
-    if previous and previous.get("fingerprint") == fingerprint:
+    if summary := manifest.reused(previous, fingerprint):
         progress("features: stage 1 and the code are unchanged since the last run: stage 2 reused")
-        summary = {**previous["result"], "reused": True}
         storage.write_json(summary, layout.features_report)
         return summary
 
-    ray_before = cluster.start_seconds()
-    cluster.connect(settings, progress)
-    started += cluster.start_seconds() - ray_before  # stage time excludes starting Ray
+    started += _join_ray(settings, progress)  # stage time excludes starting Ray
     storage.remove_leftovers(layout.stage2)
     # Each stage-1 part's identity; a stage 1 this pipeline did not write has none and is rebuilt.
     stage1_manifest = storage.read_manifest(layout.stage1) or {}
@@ -191,13 +194,10 @@ def run_features(settings: Settings, progress: Progress = log.info) -> dict[str,
     progress(f"features: {len(todo)} of {len(parts)} stage-1 parts in {len(todo)} Ray tasks")
     stage2 = storage.staging_dir(layout.stage2)
     try:
-        for name in carried:
-            storage.carry_over(
-                storage.join(storage.data_dir(layout.stage2), name), storage.join(stage2, name)
-            )
+        _carry_over(list(carried), layout.stage2, stage2)
         fanned = fan_out(features_part, [(p, stage2) for p in todo], label="features", progress=progress)
     except BaseException:
-        storage.discard_dir(stage2)
+        storage.remove_dir(stage2)
         raise
     built = {
         storage.basename(p): {"from": sources_of.get(storage.basename(p)), "counts": counts}

@@ -176,12 +176,17 @@ def read_json(location: str) -> Any:
         return None
 
 
+def _hidden_sibling(path: Path, kind: str) -> Path:
+    """A unique hidden name beside `path`, in the same folder so that a rename onto it is atomic."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
+
+
 def write_bytes(data: bytes, location: str | Path) -> None:
     location = str(location)
     if is_local(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = _hidden_sibling(path, "tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return
@@ -204,7 +209,7 @@ def write_parquet(table: pa.Table, location: str) -> None:
     }
     if is_local(location):
         path = Path(location)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp = _hidden_sibling(path, "tmp")
         pq.write_table(table, tmp, **options)
         os.replace(tmp, path)
         return
@@ -218,6 +223,7 @@ def read_parquet(location: str, **kwargs: Any) -> pa.Table:
 
 
 def remove_dir(location: str) -> None:
+    """Delete a folder and everything in it (a failed stage's staging folder, scratch space)."""
     fs, path = resolve(location)
     with contextlib.suppress(OSError):  # already gone
         fs.delete_dir(path)
@@ -234,8 +240,7 @@ def make_dirs(location: str) -> None:
 def staging_dir(final: str) -> str:
     """A fresh place to build a stage in before publishing it."""
     if is_local(final):
-        path = Path(final)
-        staging = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.staging")
+        staging = _hidden_sibling(Path(final), "staging")
         staging.mkdir(parents=True)
         return str(staging)
     return join(final, f"{VERSION_PREFIX}{uuid.uuid4().hex[:12]}")
@@ -245,7 +250,7 @@ def publish_dir(staging: str, final: str, manifest: dict[str, Any]) -> None:
     """Make a fully written staging folder, with its manifest, the stage's current output."""
     if is_local(final):
         write_json(manifest, join(staging, MANIFEST))
-        old = Path(final).with_name(f".{Path(final).name}.{uuid.uuid4().hex[:12]}.old")
+        old = _hidden_sibling(Path(final), "old")
         if os.path.exists(final):
             os.replace(final, old)
         os.replace(staging, final)
@@ -253,7 +258,7 @@ def publish_dir(staging: str, final: str, manifest: dict[str, Any]) -> None:
         return
     current = basename(staging)
     write_json({**manifest, "data": current}, join(final, MANIFEST))  # the commit
-    for name in {rel.split("/", 1)[0] for rel, _, _ in listing(final, recursive=True)}:
+    for name in children(final):
         if name.startswith(VERSION_PREFIX) and name != current:
             remove_dir(join(final, name))
 
@@ -278,14 +283,6 @@ def remove_leftovers(final: str) -> None:
         for leftover in path.parent.glob(f".{path.name}.*"):
             if leftover.name.endswith((".staging", ".old")) and leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
-
-
-def discard_dir(staging: str) -> None:
-    """Drop a stage that failed before publishing."""
-    if is_local(staging):
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        remove_dir(staging)
 
 
 def read_manifest(stage: str) -> dict[str, Any] | None:

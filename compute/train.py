@@ -218,7 +218,7 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
 
     for name in storage.children(layout.root):
         if name.startswith(SCRATCH_PREFIX):  # left by a killed run (one run per output at a time)
-            storage.discard_dir(storage.join(layout.root, name))
+            storage.remove_dir(storage.join(layout.root, name))
     device = resolve_device(settings.train_device)
     counted = fan_out(date_counts, [(p,) for p in parts], label="train-split", progress=progress).results
     dates: dict[str, int] = {}
@@ -283,7 +283,7 @@ def run_train(settings: Settings, progress: Progress = log.info) -> dict[str, An
         metrics["fingerprint"] = fingerprint
         _publish(work, layout, results, metrics, settings)
     finally:
-        storage.discard_dir(work)
+        storage.remove_dir(work)
     return metrics
 
 

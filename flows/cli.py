@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no stage 1 output in '{out}': run `stockpipe ingest --out {out}` first")
     elif args.command == "train" and not storage.is_dir(Layout(out).stage2):
         return _fail(f"no stage 2 output in '{out}': run `stockpipe features --out {out}` first")
+    elif args.command in ("serve", "containerize") and not storage.is_file(
+        storage.join(Layout(out).model, "model.bin")
+    ):
+        return _fail(f"no trained model in '{Layout(out).model}': run `stockpipe train --out {out}` first")
     elif args.command == "serve":
         return _serve(Layout(out), args.host, args.port)
     elif args.command == "containerize":
@@ -214,8 +218,6 @@ def _download(dataset: str, dest: str | None, force: bool) -> int:
 
 def _serve(layout: Layout, host: str | None, port: int | None) -> int:
     """Register <out>/model in the BentoML model store, then become `bentoml serve` for it."""
-    if not storage.is_file(storage.join(layout.model, "model.bin")):
-        return _fail(f"no trained model in '{layout.model}': run `stockpipe train --out {layout.root}` first")
     from bento.package import register_model
 
     settings = get_settings(serve_host=host, serve_port=port)
@@ -240,16 +242,12 @@ def _containerize(layout: Layout, name: str | None) -> int:
     """Register the model, build (or reuse) its Bento, and build the image with buildah."""
     from bento import image, package
 
-    reason = image.missing_tools(need_base=not image.image_exists(image.BASE_IMAGE))
-    if reason:
-        return _fail(f"cannot build an image here: {reason}")
-    if not storage.is_file(storage.join(layout.model, "model.bin")):
-        return _fail(f"no trained model in '{layout.model}': run `stockpipe train --out {layout.root}` first")
-    bento = package.build_bento(package.register_model(layout.model))
     try:
+        image.require_tools()  # before building a Bento that could not be containerized
+        bento = package.build_bento(package.register_model(layout.model))
         built = image.containerize(bento, name)
     except image.ImageError as exc:
-        return _fail(str(exc))
+        return _fail(f"cannot build an image here: {exc}")
     print(f"image {built} (Bento {bento}) is in buildah's local storage")
     print(
         f"  run it here:  buildah run --network host $(buildah from {built}) -- "

@@ -3,16 +3,16 @@ on a free loopback port. Skipped, with the reason, where buildah, debootstrap or
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from bench.procs import free_port, stop, wait_ready
+from bench.procs import free_port, start_server, stop
 from bento import image
 
 pytestmark = pytest.mark.image
@@ -46,18 +46,15 @@ def container(built: dict[str, Any]) -> Iterator[str]:
         image.buildah("rm", name, check=False)
 
 
-def test_the_image_serves_the_models_answers(container: str, expected: dict[str, Any]) -> None:
+def test_the_image_serves_the_models_answers(
+    container: str, expected: dict[str, Any], tmp_path: Path
+) -> None:
     port = free_port()
     # The image's own entrypoint, as `docker run IMAGE --port N` would call it.
     command = ["buildah", "run", "--network", "host", container, "--",
                "/home/bentoml/bento/env/docker/entrypoint.sh", "--port", str(port)]  # fmt: skip
-    process = subprocess.Popen(
-        command, env=image.buildah_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url, process = start_server(command, port, tmp_path / "container.log", env=image.buildah_env())
     try:
-        wait_ready(url, process)
         for m, a, want in list(zip(expected["m"], expected["a"], expected["volume"], strict=True))[::10]:
             got = httpx.get(f"{url}/predict", params={"vol_moving_avg": repr(float(m)),
                                                       "adj_close_rolling_med": repr(float(a))})  # fmt: skip
