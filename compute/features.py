@@ -3,15 +3,15 @@
 Vectorised over a whole part file at once (symbols are contiguous and date-ordered): the rolling
 statistics run over the concatenated column, and a row whose window would reach back past the
 first row of its symbol gets null, so no value from another symbol is ever used. The mean comes
-from an exact int64 running sum of Volume; the median from pandas' rolling median (a skip list,
-O(log window) per row; 2.4x faster here than numpy's median over materialised windows), which for
-an even window is the mean of the two middle values.
+from an exact int64 running sum of Volume; the median from bottleneck's moving median (two heaps,
+O(log window) per row), which for an even window is the mean of the two middle values, as in
+pandas' rolling median. It gives the same values as pandas' rolling median, 4x faster here.
 """
 
 from __future__ import annotations
 
+import bottleneck as bn
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -21,7 +21,9 @@ from compute.storage import basename, join, read_parquet, write_parquet
 
 def add_features(table: pa.Table, window: int = WINDOW) -> pa.Table:
     """Stage-1 rows in, stage-2 rows out (sorted by Symbol, then Date)."""
-    table = table.select(STAGE1.names).sort_by([("Symbol", "ascending"), ("Date", "ascending")])
+    table = table.select(STAGE1.names)
+    if not _is_sorted(table):  # stage 1 writes sorted parts; sorting again costs 5% of the stage
+        table = table.sort_by([("Symbol", "ascending"), ("Date", "ascending")])
     n = table.num_rows
     position = _position_in_symbol(table.column("Symbol"))
     ready = np.flatnonzero(position >= window - 1)  # rows with a full window inside their symbol
@@ -32,7 +34,9 @@ def add_features(table: pa.Table, window: int = WINDOW) -> pa.Table:
     mean[ready] = (running[ready + 1] - running[ready + 1 - window]) / window
 
     adj = table.column("Adj Close").to_numpy().astype(np.float64)
-    median = np.nan_to_num(pd.Series(adj).rolling(window).median().to_numpy())
+    median = np.zeros(n)
+    if n >= window:  # bottleneck refuses a window longer than the data; such rows are all null
+        median = np.nan_to_num(bn.move_median(adj, window))
 
     missing = np.ones(n, dtype=bool)
     missing[ready] = False
@@ -44,6 +48,19 @@ def add_features(table: pa.Table, window: int = WINDOW) -> pa.Table:
         ],
         schema=STAGE2,
     )
+
+
+def _is_sorted(table: pa.Table) -> bool:
+    """Whether rows are in strictly increasing (Symbol, Date) order."""
+    if table.num_rows < 2:
+        return True
+    symbols = table.column("Symbol").combine_chunks()
+    dates = table.column("Date").combine_chunks()
+    head, tail = slice(None, -1), slice(1, None)
+    if pc.any(pc.less(symbols[tail], symbols[head])).as_py():
+        return False
+    same = pc.equal(symbols[tail], symbols[head])
+    return not pc.any(pc.and_(same, pc.less_equal(dates[tail], dates[head]))).as_py()
 
 
 def _position_in_symbol(symbols: pa.ChunkedArray) -> np.ndarray:
