@@ -24,7 +24,9 @@ from __future__ import annotations
 import io
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -75,11 +77,51 @@ class FileResult:
     has_metadata: bool = True
 
 
+class RawFile(NamedTuple):
+    member: str
+    symbol: str
+    data: bytes
+
+
+@dataclass
+class ParsedBatch:
+    table: pa.Table  # STAGE1 rows of every usable file, ordered by Symbol, then Date
+    quarantine: pa.Table  # QUARANTINE rows, by file, then line
+    results: list[FileResult]  # one per input file, in input order
+
+
 @dataclass
 class ParsedFile:
-    table: pa.Table  # Date, prices (float32), Volume (int64); date-ordered, unique dates
+    table: pa.Table  # STAGE1, date-ordered, unique dates
     quarantine: pa.Table  # QUARANTINE schema
     result: FileResult
+
+
+@dataclass
+class _Rows:
+    """What the CSV reader made of some files of a batch: every column as numbers, plus where
+    each row came from. Rows are in file order, then line order."""
+
+    dates: pa.Array  # Date as text
+    num: dict[str, np.ndarray]  # per value column: the number, NaN where there is none
+    null: dict[str, np.ndarray]  # per value column: the cell is empty
+    non_numeric: dict[str, np.ndarray]  # per value column: the cell is text that is not a number
+    file: np.ndarray  # index of the row's file in the batch
+    line: np.ndarray  # the row's 1-based line in its file
+    invalid: list[tuple[int, int, str]]  # (file, line, text) of lines with the wrong field count
+
+    @staticmethod
+    def concat(parts: list[_Rows]) -> _Rows:
+        return _Rows(
+            dates=pa.concat_arrays([p.dates for p in parts]),
+            **{
+                name: {c: np.concatenate([getattr(p, name)[c] for p in parts]) for c in VALUE_COLUMNS}
+                for name in ("num", "null", "non_numeric")
+            },
+            file=np.concatenate([p.file for p in parts]),
+            line=np.concatenate([p.line for p in parts]),
+            invalid=[row for p in parts for row in p.invalid],
+        )
 
 
 def count_rows(data: bytes) -> int:
@@ -90,26 +132,176 @@ def count_rows(data: bytes) -> int:
 
 def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
     """Split one file's rows into kept (typed, date-ordered) and quarantined; raise FileRejected."""
-    result = FileResult(file=member, symbol=symbol)
-    _check_is_csv_text(data)
+    batch = parse_batch([RawFile(member, symbol, data)], names={})
+    result = batch.results[0]
+    if result.status == "failed":
+        raise FileRejected(result.reason)
+    return ParsedFile(table=batch.table, quarantine=batch.quarantine, result=result)
+
+
+def parse_batch(files: list[RawFile], names: dict[str, str]) -> ParsedBatch:
+    """Parse and validate a batch of files together; a file that cannot be used is reported failed.
+
+    Files that are plain CSV (no quotes or CRs) are read in one CSV call, and the row
+    rules run once over the whole batch: per-file calls cost about twice the parse itself. Any
+    file that the joint read cannot take as it is (a malformed line, a value that is not a
+    number, invalid UTF-8) sends the whole batch back to being read file by file; the same rules
+    then apply to the same rows, so both ways give the same output."""
+    results = [FileResult(file=f.member, symbol=f.symbol, has_metadata=f.symbol in names) for f in files]
+
+    def fail(i: int, reason: str) -> None:
+        results[i] = FileResult(
+            file=files[i].member,
+            symbol=files[i].symbol,
+            status="failed",
+            reason=reason,
+            rows_read=count_rows(files[i].data),
+        )
+
+    usable = []
+    for i, f in enumerate(files):
+        try:
+            _check_is_csv_text(f.data)
+            usable.append(i)
+        except FileRejected as exc:
+            fail(i, str(exc))
+    plain = [i for i in usable if _is_plain(files[i].data)]
+    together = _read_together(files, plain) if plain else None
+    parts = [together] if together else []
+    for i in [i for i in usable if i not in set(plain)] if together else usable:
+        try:
+            parts.append(_read_alone(files[i].data, i))
+        except FileRejected as exc:
+            fail(i, str(exc))
+    rows = _Rows.concat(parts) if parts else None
+    if rows:
+        malformed = np.array([i for i, _, _ in rows.invalid], dtype=np.int64)
+        read = np.bincount(rows.file, minlength=len(files)) + np.bincount(malformed, minlength=len(files))
+        for r, count in zip(results, read, strict=True):
+            r.rows_read = r.rows_read if r.status == "failed" else int(count)
+    return _split(rows, files, names, results, fail)
+
+
+def _is_plain(data: bytes) -> bool:
+    """A file whose newlines alone end its rows (what the joint read relies on): no quotes, no CRs.
+    Blank lines are rows to the reader (all empty), in the joint read as in a file's own."""
+    return b'"' not in data and b"\r" not in data
+
+
+def _read_together(files: list[RawFile], members: list[int]) -> _Rows | None:
+    """One CSV read over the files' data lines, or None if any of them needs reading on its own."""
+    bodies = [memoryview(EXPECTED_HEADER.encode() + b"\n")]  # _read_csv skips a header line
+    counts = np.zeros(len(members), dtype=np.int64)
+    for k, i in enumerate(members):
+        data = files[i].data
+        start = data.find(b"\n") + 1 or len(data)  # after the header line
+        if start < len(data):
+            bodies.append(memoryview(data)[start:])
+            if not data.endswith(b"\n"):
+                bodies.append(memoryview(b"\n"))
+            counts[k] = data.count(b"\n", start) + (0 if data.endswith(b"\n") else 1)
+    invalid: list[tuple[int, str, int]] = []
+    try:
+        raw = _read_csv(b"".join(bodies), invalid, numbers_only=True)
+    except FileRejected:
+        return None
+    if raw is None or invalid or raw.num_rows != counts.sum():
+        return None
+    file = np.repeat(np.array(members, dtype=np.int64), counts)
+    line = np.arange(raw.num_rows, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts) + 2
+    return _Rows(raw.column("Date").combine_chunks(), *_numbers(raw), file=file, line=line, invalid=[])
+
+
+def _read_alone(data: bytes, index: int) -> _Rows:
     invalid: list[tuple[int, str, int]] = []
     raw = _read_csv(data, invalid)
-    n = raw.num_rows
-    result.rows_read = n + len(invalid)  # the reader's own count, which the report must match
-
+    assert raw is not None
+    rows_read = raw.num_rows + len(invalid)
     # Line numbers of the rows the reader kept: every line but the invalid ones, in order.
     bad_lines = np.array([line for line, _, _ in invalid], dtype=np.int64)
-    all_lines = np.arange(2, 2 + result.rows_read, dtype=np.int64)
-    row_lines = all_lines[~np.isin(all_lines, bad_lines)] if len(invalid) else all_lines
+    all_lines = np.arange(2, 2 + rows_read, dtype=np.int64)
+    line = all_lines[~np.isin(all_lines, bad_lines)] if invalid else all_lines
+    return _Rows(
+        raw.column("Date").combine_chunks(),
+        *_numbers(raw),
+        file=np.full(raw.num_rows, index, dtype=np.int64),
+        line=line,
+        invalid=[(index, number, text) for number, text, _ in invalid],
+    )
 
-    dates = raw.column("Date").combine_chunks()  # kept in Arrow: no Python string per row
-    num, null, non_numeric = _numbers(raw)
 
+def _split(
+    rows: _Rows | None,
+    files: list[RawFile],
+    names: dict[str, str],
+    results: list[FileResult],
+    fail: Callable[[int, str], None],
+) -> ParsedBatch:
+    """Apply the row rules to every row of the batch at once; order and type the kept rows."""
+    if rows is None:
+        return ParsedBatch(STAGE1.empty_table(), QUARANTINE.empty_table(), results)
+    reason, seconds = _row_reasons(rows)
+    num = rows.num
+
+    # Good rows by file (files in symbol order) and date; the sort is stable, so the first line
+    # of a repeated date comes first and wins.
+    good = np.flatnonzero(reason == 0)
+    rank = np.argsort(np.argsort(np.array([f.symbol for f in files]), kind="stable"))
+    order = good[np.lexsort((seconds[good], rank[rows.file[good]]))]
+    same_file = rows.file[order][1:] == rows.file[order][:-1]
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] = same_file & (seconds[order][1:] == seconds[order][:-1])
+    for i in np.unique(rows.file[order][1:][same_file & (rows.line[order][1:] < rows.line[order][:-1])]):
+        results[i].reordered = True
+    reason[order[dup]] = ROW_RULES.index("duplicate_date") + 1
+    keep = order[~dup]
+
+    prices = _float32_prices(num, keep, rows, files, fail)
+    usable = np.array([r.status != "failed" for r in results])
+    kept = usable[rows.file[keep]]  # float32 refusals drop whole files
+    keep, prices = keep[kept], {c: v[kept] for c, v in prices.items()}
+    kept_file = rows.file[keep]
+    table = pa.table(
+        {
+            "Symbol": pa.array([f.symbol for f in files], pa.string()).take(kept_file),
+            "Security Name": pa.array([names.get(f.symbol) for f in files], pa.string()).take(kept_file),
+            "Date": rows.dates.take(keep),
+            **{c: pa.array(prices[c], pa.float32()) for c in PRICE_COLUMNS},
+            "Volume": pa.array(num["Volume"][keep].astype(np.int64), pa.int64()),
+        },
+        schema=STAGE1,
+    )
+    for i, count in enumerate(np.bincount(kept_file, minlength=len(files))):
+        if usable[i]:
+            results[i].rows_kept = int(count)
+    for c in PRICE_COLUMNS:
+        zeros = np.bincount(kept_file[prices[c] == 0], minlength=len(files))
+        for i in np.flatnonzero(zeros):
+            results[i].zero_prices[c] = int(zeros[i])
+
+    bad = np.flatnonzero((reason != 0) & usable[rows.file])
+    quarantined: list[tuple[int, int, str, str | None]] = [
+        (int(rows.file[j]), int(rows.line[j]), ROW_RULES[reason[j] - 1], None) for j in bad
+    ]
+    quarantined += [(i, line, "malformed_row", text) for i, line, text in rows.invalid if usable[i]]
+    quarantined.sort(key=lambda row: row[:2])  # by file, then line
+    for i, _, name, _ in quarantined:
+        results[i].quarantined[name] = results[i].quarantined.get(name, 0) + 1
+    for r in results:
+        if r.status != "failed" and r.rows_kept + sum(r.quarantined.values()) != r.rows_read:
+            raise AssertionError(f"{r.file}: rows do not add up")  # a bug, never bad input
+    return ParsedBatch(table=table, quarantine=_quarantine_table(quarantined, files), results=results)
+
+
+def _row_reasons(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's first broken rule (0: none, else 1 + its index in ROW_RULES), duplicate_date
+    aside; and each row's date as seconds since 1970 (0 where it is not a valid date)."""
+    num, null, non_numeric = rows.num, rows.null, rows.non_numeric
     any_non_numeric = np.logical_or.reduce([non_numeric[c] for c in VALUE_COLUMNS])
     all_null = np.logical_and.reduce([null[c] for c in VALUE_COLUMNS]) & ~any_non_numeric
     any_null = np.logical_or.reduce([null[c] & ~non_numeric[c] for c in VALUE_COLUMNS])
-    blank = all_null & pc.equal(dates, "").to_numpy(zero_copy_only=False)
-    valid_date = _valid_dates(dates)
+    blank = all_null & pc.equal(rows.dates, "").to_numpy(zero_copy_only=False)
+    valid_date, seconds = _parse_dates(rows.dates)
     with np.errstate(invalid="ignore"):
         finite = np.logical_and.reduce([np.isfinite(num[c]) | null[c] for c in VALUE_COLUMNS])
         negative_price = np.logical_or.reduce([num[c] < 0 for c in PRICE_COLUMNS])
@@ -130,44 +322,11 @@ def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
         "fractional_volume": fractional,
         "volume_too_large": too_large,
     }
-    reason = np.zeros(n, dtype=np.int8)  # 0 = good, else 1 + index into ROW_RULES
+    reason = np.zeros(len(rows.file), dtype=np.int8)
     for code, rule in enumerate(ROW_RULES, start=1):
-        if rule in masks:  # duplicate_date is decided below, among the good rows
+        if rule in masks:  # duplicate_date is decided among the good rows, once they are ordered
             reason[(reason == 0) & masks[rule]] = code
-
-    # Order the good rows by date (a stable sort, so the first line of a repeated date wins).
-    good = np.flatnonzero(reason == 0)
-    good_dates = dates.take(pa.array(good))
-    order = good[pc.array_sort_indices(good_dates).to_numpy()]
-    result.reordered = bool(len(order)) and not np.array_equal(order, good)
-    sorted_dates = dates.take(pa.array(order))
-    dup = np.zeros(len(order), dtype=bool)
-    if len(order) > 1:
-        dup[1:] = pc.equal(sorted_dates[1:], sorted_dates[:-1]).to_numpy(zero_copy_only=False)
-    reason[order[dup]] = ROW_RULES.index("duplicate_date") + 1
-    keep = order[~dup]
-
-    prices = {c: _exact_float32(num[c][keep], c, row_lines[keep]) for c in PRICE_COLUMNS}
-    table = pa.table(
-        {
-            "Date": dates.take(pa.array(keep)),
-            **{c: pa.array(prices[c], pa.float32()) for c in PRICE_COLUMNS},
-            "Volume": pa.array(volume[keep].astype(np.int64), pa.int64()),
-        }
-    )
-    result.rows_kept = table.num_rows
-    result.zero_prices = {c: int(n_zero) for c in PRICE_COLUMNS if (n_zero := (prices[c] == 0).sum())}
-
-    bad = np.flatnonzero(reason != 0)
-    names = [ROW_RULES[code - 1] for code in reason[bad]]
-    quarantine = _quarantine_table(member, data, row_lines[bad], names, invalid)
-    counts: dict[str, int] = {}
-    for r in quarantine.column("reason").to_pylist():
-        counts[r] = counts.get(r, 0) + 1
-    result.quarantined = counts
-    if result.rows_kept + quarantine.num_rows != result.rows_read:
-        raise AssertionError(f"{member}: rows do not add up")  # a bug, never bad input
-    return ParsedFile(table=table, quarantine=quarantine, result=result)
+    return reason, seconds
 
 
 def _check_is_csv_text(data: bytes) -> None:
@@ -185,8 +344,11 @@ def _check_is_csv_text(data: bytes) -> None:
         raise FileRejected(f"wrong header {shown!r}, expected {EXPECTED_HEADER!r}")
 
 
-def _read_csv(data: bytes, invalid: list[tuple[int, str, int]]) -> pa.Table:
-    """Typed read on the fast path; all-string read when some value is not a number."""
+def _read_csv(
+    data: bytes, invalid: list[tuple[int, str, int]], numbers_only: bool = False
+) -> pa.Table | None:
+    """Typed read on the fast path; all-string read when some value is not a number (or None
+    then, if numbers_only). The header line is skipped: the columns are always CSV_COLUMNS."""
 
     def on_invalid(row: pv.InvalidRow) -> str:
         invalid.append((row.number, row.text, row.actual_columns))
@@ -209,7 +371,7 @@ def _read_csv(data: bytes, invalid: list[tuple[int, str, int]]) -> pa.Table:
         except pa.ArrowInvalid as exc:
             if "conversion error" not in str(exc).lower():
                 raise
-            return read({c: pa.string() for c in CSV_COLUMNS})
+            return None if numbers_only else read({c: pa.string() for c in CSV_COLUMNS})
     except pa.ArrowInvalid as exc:
         message = str(exc).splitlines()[0]
         if "UTF8" in message or "utf8" in message.lower():
@@ -230,10 +392,11 @@ def _numbers(raw: pa.Table) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
                 [p is None and t != "" for p, t in zip(parsed, text, strict=True)], dtype=bool
             )
             num[name] = np.array([np.nan if p is None else p for p in parsed], dtype=np.float64)
-        else:
-            null[name] = pc.is_null(col).to_numpy(zero_copy_only=False)
+        else:  # float64, NaN where empty
+            values = col.combine_chunks()
+            null[name] = pc.is_null(values).to_numpy(zero_copy_only=False)
             non_numeric[name] = np.zeros(raw.num_rows, dtype=bool)
-            num[name] = col.to_numpy(zero_copy_only=False).astype(np.float64)
+            num[name] = values.to_numpy(zero_copy_only=False)
     return num, null, non_numeric
 
 
@@ -244,48 +407,59 @@ def _to_float(text: str) -> float | None:
         return None
 
 
-def _valid_dates(dates: pa.Array) -> np.ndarray:
+def _parse_dates(dates: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Which dates are valid YYYY-MM-DD, and each valid one as seconds since 1970 (else 0)."""
     shaped = pc.match_substring_regex(dates, DATE_RE)
     parsed = pc.strptime(dates, format="%Y-%m-%d", unit="s", error_is_null=True)
-    return pc.and_(shaped, pc.is_valid(parsed)).to_numpy(zero_copy_only=False)
+    valid = pc.and_(shaped, pc.is_valid(parsed)).to_numpy(zero_copy_only=False)
+    seconds = pc.fill_null(parsed.cast(pa.int64()), 0).to_numpy()
+    return valid, seconds
 
 
-def _exact_float32(values: np.ndarray, column: str, lines: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # overflow to inf is caught by the comparison below
-        as32 = values.astype(np.float32)
-    inexact = np.flatnonzero(as32.astype(np.float64) != values)
-    if len(inexact):
-        i = inexact[0]
-        raise FileRejected(
-            f"{column} value {values[i]!r} on line {lines[i]} is not exactly representable as "
-            f"float32 ({len(inexact)} such values); refusing to round prices silently"
-        )
-    return as32
+def _float32_prices(
+    num: dict[str, np.ndarray],
+    keep: np.ndarray,
+    rows: _Rows,
+    files: list[RawFile],
+    fail: Callable[[int, str], None],
+) -> dict[str, np.ndarray]:
+    """Kept prices as float32; a file holding a price float32 cannot represent exactly fails."""
+    prices = {}
+    for c in PRICE_COLUMNS:
+        with np.errstate(over="ignore"):  # overflow to inf is caught by the comparison below
+            prices[c] = num[c][keep].astype(np.float32)
+    failed: set[int] = set()
+    for c in PRICE_COLUMNS:
+        inexact = np.flatnonzero(prices[c].astype(np.float64) != num[c][keep])
+        for i in np.unique(rows.file[keep][inexact]):
+            if int(i) in failed:
+                continue
+            mine = inexact[rows.file[keep][inexact] == i]
+            first = keep[mine[0]]
+            fail(
+                int(i),
+                f"{c} value {float(num[c][first])!r} on line {rows.line[first]} is not exactly "
+                f"representable as float32 ({len(mine)} such values); refusing to round prices silently",
+            )
+            failed.add(int(i))
+    return prices
 
 
-def _quarantine_table(
-    member: str,
-    data: bytes,
-    lines: np.ndarray,
-    reasons: list[str],
-    invalid: list[tuple[int, str, int]],
-) -> pa.Table:
-    rows_line = [int(x) for x in lines]
-    raw_text: list[str] = []
-    if rows_line:
-        text_lines = data.split(b"\n")
-        raw_text = [text_lines[i - 1].rstrip(b"\r").decode("utf-8", "replace") for i in rows_line]
-    for line, text, _ in invalid:
-        rows_line.append(line)
-        reasons.append("malformed_row")
-        raw_text.append(text)
-    order = np.argsort(rows_line, kind="stable")
+def _quarantine_table(rows: list[tuple[int, int, str, str | None]], files: list[RawFile]) -> pa.Table:
+    """(file, line, reason, text) rows, in order; a text of None is that line of the file."""
+    lines_of: dict[int, list[bytes]] = {}
+    raw = []
+    for i, line, _, text in rows:
+        if text is None:
+            lines = lines_of.setdefault(i, files[i].data.split(b"\n"))
+            text = lines[line - 1].rstrip(b"\r").decode("utf-8", "replace")
+        raw.append(text)
     return pa.table(
         {
-            "source_file": pa.array([member] * len(rows_line), pa.string()),
-            "line": pa.array([rows_line[i] for i in order], pa.int64()),
-            "reason": pa.array([reasons[i] for i in order], pa.string()),
-            "raw": pa.array([raw_text[i] for i in order], pa.string()),
+            "source_file": pa.array([files[i].member for i, _, _, _ in rows], pa.string()),
+            "line": pa.array([line for _, line, _, _ in rows], pa.int64()),
+            "reason": pa.array([reason for _, _, reason, _ in rows], pa.string()),
+            "raw": pa.array(raw, pa.string()),
         },
         schema=QUARANTINE,
     )
@@ -301,43 +475,20 @@ def ingest_batch(
     max_file_bytes: int,
 ) -> list[FileResult]:
     """Parse a batch of files into one stage-1 part (and one quarantine part if any row is bad)."""
-    tables: list[pa.Table] = []
-    bad: list[pa.Table] = []
-    results: list[FileResult] = []
+    readable: list[RawFile] = []
+    unreadable: dict[int, FileResult] = {}
     with source.reader(max_file_bytes) as read:
-        for f in files:
+        for i, f in enumerate(files):
             try:
-                data = read(f.member)
+                readable.append(RawFile(f.member, f.symbol, read(f.member)))
             except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-                results.append(_failed(f, f"cannot read: {exc}", rows_read=0))
-                continue
-            try:
-                parsed = parse_file(data, f.member, f.symbol)
-            except FileRejected as exc:
-                results.append(_failed(f, str(exc), rows_read=count_rows(data)))
-                continue
-            parsed.result.has_metadata = f.symbol in names
-            results.append(parsed.result)
-            if parsed.quarantine.num_rows:
-                bad.append(parsed.quarantine)
-            if parsed.table.num_rows:
-                tables.append(_with_identity(parsed.table, f.symbol, names.get(f.symbol)))
-    if tables:
-        write_parquet(pa.concat_tables(tables), join(stage1_dir, part_name(part)))
-    if bad:
-        write_parquet(pa.concat_tables(bad), join(quarantine_dir, part_name(part)))
-    return results
-
-
-def _failed(f: SourceFile, reason: str, rows_read: int) -> FileResult:
-    return FileResult(file=f.member, symbol=f.symbol, status="failed", reason=reason, rows_read=rows_read)
-
-
-def _with_identity(table: pa.Table, symbol: str, name: str | None) -> pa.Table:
-    n = table.num_rows
-    columns = {
-        "Symbol": pa.repeat(pa.scalar(symbol, pa.string()), n),
-        "Security Name": pa.repeat(pa.scalar(name, pa.string()), n),
-        **{c: table.column(c) for c in table.column_names},
-    }
-    return pa.table(columns, schema=STAGE1)
+                unreadable[i] = FileResult(
+                    file=f.member, symbol=f.symbol, status="failed", reason=f"cannot read: {exc}"
+                )
+    batch = parse_batch(readable, names)
+    if batch.table.num_rows:  # sorted by (Symbol, Date), so stage 2 need not sort it
+        write_parquet(batch.table, join(stage1_dir, part_name(part)))
+    if batch.quarantine.num_rows:
+        write_parquet(batch.quarantine, join(quarantine_dir, part_name(part)))
+    parsed = iter(batch.results)
+    return [unreadable[i] if i in unreadable else next(parsed) for i in range(len(files))]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from compute.ingest import FileRejected, parse_file
+from compute import ingest
+from compute.ingest import FileRejected, RawFile, parse_batch, parse_file
 from compute.schema import PRICE_COLUMNS
 from tests.conftest import SAMPLE
 
@@ -157,3 +159,52 @@ def test_crlf_line_endings_are_read() -> None:
 def test_unusable_file_is_rejected_with_a_reason(data: bytes, message: str) -> None:
     with pytest.raises(FileRejected, match=message):
         parse_file(data, "stocks/T.csv", "T")
+
+
+# --- a batch of files read together ----------------------------------------------------------------
+
+HAND_MADE = {
+    "stocks/EMPTYROW.csv": rows(GOOD[0], "2020-02-01,,,,,,", GOOD[1]),
+    "stocks/MIXED.csv": rows(
+        GOOD[0], "2020-02-01,1,2,1,2,,100", "2020-13-01,1,2,1,2,2,100", "2020-02-02,1,2,1,2,-2,100"
+    ),
+    "stocks/NUMS.csv": rows(GOOD[1], "2020-02-01,1,2,1,2,2,100.5", "2020-02-03,1,2,1,2,2,1e17", GOOD[2])
+    + b"2020-02-04,1,2,1,2,inf,100\n",
+    "stocks/DUPS.csv": rows(GOOD[3], GOOD[0], "2020-01-04,9,9,9,9,9,9", GOOD[2], GOOD[1]),
+    "stocks/BLANK.csv": rows(GOOD[0], "", GOOD[1], ""),
+    "stocks/NOEOL.csv": rows(*GOOD)[:-1],
+    "stocks/HEADONLY.csv": HEADER,
+    "stocks/F32.csv": rows(GOOD[0], "2020-02-01,0.1,1,1,1,1,1"),
+    "etfs/AAA.csv": rows(*GOOD),
+}
+NOT_PLAIN = {
+    "stocks/TEXT.csv": rows(GOOD[0], "2020-02-01,1,2,1,2,x,100"),
+    "stocks/CRLF.csv": rows(GOOD[0], GOOD[1]).replace(b"\n", b"\r\n"),
+    "stocks/QUOTED.csv": rows(GOOD[0], '"2020-02-01",1,2,1,2,2,100'),
+    "stocks/SHORT.csv": rows(GOOD[0], "2020-02-01,1,2,1,2", GOOD[1]),
+    "stocks/BINARY.csv": b"\x89PNG\r\n\x1a\n\x00\x00",
+}
+
+
+def raw_files(extra: dict[str, bytes]) -> list[RawFile]:
+    sample = {f"{p.parent.name}/{p.name}": p.read_bytes() for p in sorted(SAMPLE.glob("*/*.csv"))}
+    return [RawFile(m, m.split("/")[1][:-4], data) for m, data in {**sample, **extra}.items()]
+
+
+@pytest.mark.parametrize("extra", [HAND_MADE, {**HAND_MADE, **NOT_PLAIN}], ids=["plain", "mixed"])
+def test_a_batch_gives_what_its_files_give_alone(extra: dict[str, bytes]) -> None:
+    files = raw_files(extra)
+    names = {f.symbol: f"{f.symbol} Inc." for f in files[::2]}
+    if extra is HAND_MADE:  # every file here goes through the joint read
+        assert ingest._read_together(files, list(range(len(files)))) is not None
+    batch = parse_batch(files, names)
+    alone = [parse_batch([f], names) for f in files]
+    assert batch.results == [a.results[0] for a in alone]
+    assert batch.quarantine.equals(pa.concat_tables([a.quarantine for a in alone]))
+    by_symbol = sorted(range(len(files)), key=lambda i: files[i].symbol)
+    assert batch.table.equals(pa.concat_tables([alone[i].table for i in by_symbol]))
+    failed = {r.file: r.reason for r in batch.results if r.status == "failed"}
+    assert set(failed) == {"stocks/F32.csv"} | ({"stocks/BINARY.csv"} if extra is not HAND_MADE else set())
+    assert failed["stocks/F32.csv"].startswith("Open value 0.1 on line 3 is not exactly")
+    dups = next(r for r in batch.results if r.file == "stocks/DUPS.csv")
+    assert dups.reordered and dups.quarantined == {"duplicate_date": 1} and dups.rows_kept == 4
