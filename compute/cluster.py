@@ -22,7 +22,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 _dashboard_url: str | None = None
-_start_seconds = 0.0  # how long this process's ray.init took, once it has run
+_start_seconds = 0.0  # time this process has spent in connect()
 
 
 def start_seconds() -> float:
@@ -34,7 +34,8 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
     """Join RAY_ADDRESS's cluster, or start a local one; return the dashboard URL if there is one.
 
     Stages call this only once they have work to do, so a re-run with nothing to rebuild never
-    pays Ray's start-up (8-15 s here)."""
+    pays Ray's start-up (8-15 s here). Call it from a thread that lives as long as the process
+    (the main one): Ray's daemons get a parent-death signal tied to the thread that starts them."""
     global _dashboard_url, _start_seconds
     if not ray.is_initialized():
         started = time.perf_counter()
@@ -49,11 +50,11 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
                 dashboard_port=settings.dashboard_port,
                 logging_level=logging.WARNING,
             )
-        _start_seconds = time.perf_counter() - started
+        _start_seconds += time.perf_counter() - started
         url = context.dashboard_url
         _dashboard_url = url if not url or url.startswith("http") else f"http://{url}"
-        if _dashboard_url:
-            progress(f"Ray dashboard: {_dashboard_url} (token: `ray get-auth-token`)")
+    if _dashboard_url:  # every stage says where to watch it
+        progress(f"Ray dashboard: {_dashboard_url} (token: `ray get-auth-token`)")
     return _dashboard_url
 
 

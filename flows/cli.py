@@ -167,8 +167,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows import pipeline
+    from flows import pipeline, startup
 
+    settings = get_settings(ray_address=args.ray_address, force=args.force or None)
+    if startup.first_stage_has_work(args.command, Layout(out), settings.force):
+        try:
+            startup.start_prefect_and_ray(settings)
+        except ConnectionError as exc:
+            return _fail(f"cannot reach the Ray cluster at {settings.ray_address}: {exc}")
     common = {"out": out, "ray_address": args.ray_address, "force": args.force}
     try:
         result = _run_flow(pipeline, args, common)
