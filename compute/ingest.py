@@ -330,11 +330,12 @@ def _row_reasons(rows: _Rows) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_is_csv_text(data: bytes) -> None:
-    if not data.strip():
+    if not data or data.isspace():  # neither copies the file, unlike strip()
         raise FileRejected("empty file")
     if b"\x00" in data[:65536]:
         raise FileRejected("not a CSV text file (binary content)")
-    first = data.split(b"\n", 1)[0].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
+    end = data.find(b"\n")
+    first = data[: end if end >= 0 else len(data)].removeprefix(b"\xef\xbb\xbf").rstrip(b"\r")
     try:
         header = first.decode("utf-8")
     except UnicodeDecodeError:
@@ -451,7 +452,9 @@ def _quarantine_table(rows: list[tuple[int, int, str, str | None]], files: list[
     raw = []
     for i, line, _, text in rows:
         if text is None:
-            lines = lines_of.setdefault(i, files[i].data.split(b"\n"))
+            if i not in lines_of:  # split each file once, and only a file with bad rows
+                lines_of[i] = files[i].data.split(b"\n")
+            lines = lines_of[i]
             text = lines[line - 1].rstrip(b"\r").decode("utf-8", "replace")
         raw.append(text)
     return pa.table(
