@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import pyarrow as pa
 import ray
 
 from compute.settings import Settings
@@ -69,7 +70,11 @@ class FanOut(Generic[T]):
 
 
 def _on_node(fn: Callable[..., T], args: tuple[Any, ...]) -> tuple[str, T]:
-    return ray.get_runtime_context().get_node_id(), fn(*args)
+    try:
+        return ray.get_runtime_context().get_node_id(), fn(*args)
+    finally:
+        # Arrow's allocator keeps freed memory for reuse; a worker between tasks need not.
+        pa.default_memory_pool().release_unused()
 
 
 def fan_out(

@@ -7,8 +7,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from bento import package
-from compute import download, stages, train
+from compute import download, stages
 from compute.layout import Layout
 from compute.report import ingest_markdown, training_markdown
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
@@ -56,6 +55,8 @@ def features(settings: Settings) -> dict[str, Any]:
 
 @task(name="train", tags=["stage:train"], retries=1, retry_delay_seconds=10)
 def train_model(settings: Settings) -> dict[str, Any]:
+    from compute import train  # xgboost: imported by the stages that use it, not by an ETL run
+
     metrics = train.run_train(settings, progress=get_run_logger().info)
     create_markdown_artifact(
         markdown=training_markdown(metrics, settings.out),
@@ -68,6 +69,8 @@ def train_model(settings: Settings) -> dict[str, Any]:
 @task(name="package", tags=["stage:serve"], retries=1, retry_delay_seconds=5)
 def package_model(settings: Settings) -> dict[str, str]:
     """Register the model in the BentoML model store and build the Bento that serves it."""
+    from bento import package  # bentoml: imported by the stage that uses it, not by an ETL run
+
     model_tag = package.register_model(Layout(settings.out).model)
     bento_tag = package.build_bento(model_tag)
     get_run_logger().info(
