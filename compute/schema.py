@@ -36,6 +36,9 @@ QUARANTINE = pa.schema(
     ]
 )
 
+# String columns whose values repeat within a Parquet file, so dictionary encoding pays.
+DICTIONARY_COLUMNS: tuple[str, ...] = ("Symbol", "Security Name", "source_file", "reason")
+
 # Source metadata: file names match "NASDAQ Symbol", not "Symbol" (e.g. AGM-A vs AGM.A).
 META_FILE = "symbols_valid_meta.csv"
 META_SYMBOL_COLUMN = "NASDAQ Symbol"

@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from compute.schema import DICTIONARY_COLUMNS
+
 MANIFEST = "_manifest.json"  # pyarrow's dataset readers skip names starting with "_"
 VERSION_PREFIX = "v-"
 SECRET_OPTIONS = {"access_key", "secret_key", "session_token"}  # pyarrow's S3 URI options
@@ -200,12 +202,14 @@ def write_json(data: Any, location: str | Path) -> None:
 
 
 def write_parquet(table: pa.Table, location: str) -> None:
-    # Dictionary encoding pays for the repetitive string columns (Symbol, Security Name, Date) but
-    # not for prices and volumes, where Parquet tries it and falls back: encoding only the strings
-    # halves the write time and makes the files 11% smaller (measured on stage-2 parts).
+    # Measured on the vintage's parts: dictionary encoding pays only for strings that repeat within
+    # a part (Symbol, Security Name, a quarantine's file and reason), not for Date or numbers, and
+    # byte-stream-split floats compress better; together, writes take 20-27% less time than with
+    # dictionaries everywhere, and files are 6-10% smaller.
     options = {
         "compression": "zstd",
-        "use_dictionary": [f.name for f in table.schema if pa.types.is_string(f.type)],
+        "use_dictionary": [name for name in DICTIONARY_COLUMNS if name in table.column_names],
+        "use_byte_stream_split": [f.name for f in table.schema if pa.types.is_floating(f.type)],
     }
     if is_local(location):
         path = Path(location)
