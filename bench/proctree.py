@@ -28,10 +28,12 @@ def tree_pss(root: psutil.Process) -> int:
     return total
 
 
-def measure(command: list[str], interval: float = 0.25) -> tuple[int, float, int]:
+def measure(
+    command: list[str], interval: float = 0.25, env: dict[str, str] | None = None
+) -> tuple[int, float, int]:
     """Return (exit code, wall seconds, peak tree PSS in bytes)."""
     started = time.perf_counter()
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, env=env)
     root = psutil.Process(child.pid)
     peak = 0
     stop = threading.Event()
