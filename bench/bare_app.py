@@ -1,7 +1,9 @@
 """Reference server for bench/serve.py: the same booster and model contract behind a bare FastAPI
 app on uvicorn, with none of BentoML's machinery (no validation bounds beyond types, no batching).
 
-    python -m bench.bare_app --model output/model --port 3100
+    python -m bench.bare_app --model output/model --port 3100 [--workers N]
+
+One worker process per CPU by default, as the BentoML service runs.
 """
 
 from __future__ import annotations
@@ -47,9 +49,23 @@ def make_app(model_dir: Path) -> FastAPI:
     return app
 
 
+def from_env() -> FastAPI:
+    """The app for each uvicorn worker process (which cannot receive arguments)."""
+    return make_app(Path(os.environ["BARE_APP_MODEL"]))
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
-    uvicorn.run(make_app(Path(args.model)), host="127.0.0.1", port=args.port, log_level="warning")
+    os.environ["BARE_APP_MODEL"] = str(Path(args.model).resolve())
+    uvicorn.run(
+        "bench.bare_app:from_env",
+        factory=True,
+        workers=args.workers,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+    )
