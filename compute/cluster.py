@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
     if not ray.is_initialized():
         started = time.perf_counter()
         if settings.ray_address:
+            _check_reachable(settings.ray_address)
             context = ray.init(address=settings.ray_address, logging_level=logging.WARNING)
         else:
             # address="local" never attaches to a cluster that happens to be running on this host.
@@ -57,6 +59,17 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
     if _dashboard_url:  # every stage says where to watch it
         progress(f"Ray dashboard: {_dashboard_url} (token: `ray get-auth-token`)")
     return _dashboard_url
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse a HOST:PORT that nothing listens on: ray.init would retry it for minutes."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # "auto", ray://..., or a form Ray itself will judge
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ConnectionError(f"nothing answers at {address} ({exc})") from None
 
 
 def cluster_cpus() -> int:
