@@ -142,8 +142,8 @@ def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
 def parse_batch(files: list[RawFile], names: dict[str, str]) -> ParsedBatch:
     """Parse and validate a batch of files together; a file that cannot be used is reported failed.
 
-    Files that are plain CSV (no quotes or CRs) are read in one CSV call, and the row
-    rules run once over the whole batch: per-file calls cost about twice the parse itself. Any
+    Files that are plain CSV (no quotes or CRs) are read in one CSV call, and the row rules run
+    once over the whole batch: done file by file, the calls cost as much again as the parse. Any
     file that the joint read cannot take as it is (a malformed line, a value that is not a
     number, invalid UTF-8) sends the whole batch back to being read file by file; the same rules
     then apply to the same rows, so both ways give the same output."""
@@ -168,13 +168,13 @@ def parse_batch(files: list[RawFile], names: dict[str, str]) -> ParsedBatch:
     plain = [i for i in usable if _is_plain(files[i].data)]
     together = _read_together(files, plain) if plain else None
     parts = [together] if together else []
-    for i in [i for i in usable if i not in set(plain)] if together else usable:
+    for i in sorted(set(usable) - set(plain)) if together else usable:
         try:
             parts.append(_read_alone(files[i].data, i))
         except FileRejected as exc:
             fail(i, str(exc))
     rows = _Rows.concat(parts) if parts else None
-    if rows:
+    if rows is not None:
         malformed = np.array([i for i, _, _ in rows.invalid], dtype=np.int64)
         read = np.bincount(rows.file, minlength=len(files)) + np.bincount(malformed, minlength=len(files))
         for r, count in zip(results, read, strict=True):
