@@ -8,6 +8,10 @@ A zip is unpacked once (safely: only stocks/, etfs/ and the metadata) into bench
 `--scale N` builds, once, a dataset N times larger by linking every file under new symbol names
 (AAPL -> AAPL.R1, AAPL.R2, ...). Every run is its own process; memory is the peak PSS of its whole
 process tree (for stockpipe: driver, Prefect's server, Ray's daemons and workers).
+
+stockpipe runs cold first (`stockpipe run` starts everything itself), then twice warm: against a
+`prefect server` and a `ray start --head` cluster started beforehand, as a deployment run finds
+them (`--skip warm` leaves that out).
 """
 
 from __future__ import annotations
@@ -161,7 +165,8 @@ def main() -> None:
         rows.append(("stockpipe run, cold, whole command", wall, peak, ""))
         if "warm" not in args.skip:
             with warm_cluster(work) as env:
-                # The first run on a fresh cluster pays its workers' imports; the second finds them warm.
+                # Twice: on a cluster nothing ran on yet, then after one run (each run is a new
+                # Ray job, with new worker processes, so the second is not warmer by much).
                 for attempt in ("first", "second"):
                     code, wall, _ = measure(
                         [*command, "--force", "--source", str(folder), "--out", str(out)], env=env
