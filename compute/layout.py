@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from compute.storage import join, normalize
 
+MODEL_FILE = "model.bin"  # XGBoost's own UBJSON format, never a pickle
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -45,6 +47,10 @@ class Layout:
     @property
     def model(self) -> str:
         return join(self.root, "model")
+
+    @property
+    def model_file(self) -> str:
+        return join(self.model, MODEL_FILE)
 
 
 def part_name(number: int) -> str:

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import xgboost as xgb
 
+from compute.layout import MODEL_FILE
 from compute.schema import FEATURE_COLUMNS
 from compute.storage import join, read_bytes, write_bytes, write_json
 
 TARGET_TRANSFORM = "ratio_to_vol_moving_avg"
-MODEL_FILE = "model.bin"  # XGBoost's own UBJSON format, never a pickle
 METADATA_FILE = "model.json"
 RATIO_FLOOR = 1.0  # vol_moving_avg below one share a day is treated as one
 

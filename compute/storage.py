@@ -289,6 +289,11 @@ def remove_leftovers(final: str) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def is_published(stage: str) -> bool:
+    """Whether a stage has published output (its manifest), without reading the manifest."""
+    return is_file(join(stage, MANIFEST))
+
+
 def read_manifest(stage: str) -> dict[str, Any] | None:
     stored = read_json(join(stage, MANIFEST))
     return stored if isinstance(stored, dict) else None

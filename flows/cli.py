@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"no stage 1 output in '{out}': run `stockpipe ingest --out {out}` first")
     elif args.command == "train" and not storage.is_dir(Layout(out).stage2):
         return _fail(f"no stage 2 output in '{out}': run `stockpipe features --out {out}` first")
-    elif args.command in ("serve", "containerize") and not storage.is_file(
-        storage.join(Layout(out).model, "model.bin")
-    ):
+    elif args.command in ("serve", "containerize") and not storage.is_file(Layout(out).model_file):
         return _fail(f"no trained model in '{Layout(out).model}': run `stockpipe train --out {out}` first")
     elif args.command == "serve":
         return _serve(Layout(out), args.host, args.port)

@@ -22,10 +22,10 @@ def first_stage_has_work(command: str, layout: Layout, force: bool) -> bool:
     if force:
         return True
     if command in ("run", "ingest"):
-        return storage.read_manifest(layout.stage1) is None
+        return not storage.is_published(layout.stage1)
     if command == "features":
-        return storage.read_manifest(layout.stage2) is None
-    return not storage.is_file(storage.join(layout.model, "model.bin"))
+        return not storage.is_published(layout.stage2)
+    return not storage.is_file(layout.model_file)
 
 
 def start_prefect_and_ray(settings: Settings) -> None:
