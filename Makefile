@@ -7,7 +7,7 @@ SOURCE ?= data/sample
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test lint image clean
+.PHONY: setup run test test-fast lint image clean
 
 $(BIN)/stockpipe: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,18 @@ setup: $(BIN)/stockpipe
 run: setup
 	$(BIN)/stockpipe run --source $(SOURCE) --out $(OUT)
 
+# pytest exits 5 when it collects nothing: say so instead of failing on a selection with no tests.
+pytest = $(BIN)/pytest $(1) $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo 'pytest: no tests collected'; exit $$rc; }
+
+# Everything: unit tests and integration tests (real Ray, Prefect, BentoML, S3 on loopback).
 test: setup
 	$(BIN)/ruff check .
-	# pytest exits 5 when it collects nothing: say so instead of failing on a selection with no tests.
-	$(BIN)/pytest $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] && echo 'pytest: no tests collected'; exit $$rc; }
+	$(call pytest)
+
+# Unit tests alone (tests/unit: no Ray, no Prefect server, no HTTP), in well under two minutes.
+test-fast: setup
+	$(BIN)/ruff check .
+	$(call pytest,-m "not integration")
 
 # An OCI image of the Bento for $(OUT)'s model, with buildah (needs root, buildah and debootstrap).
 image: setup

@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.procs import free_port, start_server, stop
-from bench.proctree import measure
 from compute.schema import META_FILE, META_SYMBOL_COLUMN
 from compute.sources import list_files, open_source
+from harness.procs import free_port, start_server, stop
+from harness.proctree import measure
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 

@@ -24,8 +24,8 @@ import aiohttp
 import numpy as np
 import psutil
 
-from bench.procs import free_port, start_server, stop
-from bench.proctree import tree_pss
+from harness.procs import free_port, start_server, stop
+from harness.proctree import tree_pss
 
 BATCH_ROWS = 100_000
 

@@ -16,18 +16,19 @@ from pathlib import Path
 from compute import cluster
 from compute.layout import Layout
 from compute.metrics import ErrorSums
+from compute.publish import parquet_parts
 from compute.settings import Settings, get_settings
-from compute.storage import parquet_parts
-from compute.train import date_counts, fit_split, holdout_cutoff, load_shard, run_train, xgb_params
+from compute.stage import run
+from compute.stages import Train
+from compute.training.params import xgb_params
+from compute.training.split import date_counts, holdout_cutoff, merge_dates
+from compute.training.worker import fit_split, load_shard
 
 
 def plain_xgboost(stage2: Path, settings: Settings, threads: int) -> dict[str, float]:
     """The same per-worker code (`fit_split`), run once in this process over every row."""
     parts = [str(p) for p in parquet_parts(stage2)]
-    dates: dict[str, int] = {}
-    for part in parts:
-        for d, n in date_counts(part)["dates"].items():
-            dates[d] = dates.get(d, 0) + n
+    dates = merge_dates([date_counts(part) for part in parts])
     cutoff = holdout_cutoff(dates, settings.holdout_fraction)
     started = time.perf_counter()
     shard = load_shard(parts, cutoff, settings.holdout_fraction, settings.seed)
@@ -54,26 +55,26 @@ def main() -> None:
         started = time.perf_counter()
         cluster.connect(settings)
         ray_start = time.perf_counter() - started
-        ray_metrics = run_train(settings, progress=lambda _: None)
+        ray_metrics = run(Train(settings, progress=lambda _: None))
 
     threads = cluster.cluster_cpus()
     plain = plain_xgboost(stage2, settings, threads)
-    ray_t = ray_metrics["timing"]
-    model = ray_metrics["time_split"]["model"]
-    split = ray_metrics["time_split"]
-    print(f"rows: {split['train_rows']:,} train, {split['test_rows']:,} test; {settings.train_rounds} rounds")
+    ray_t = ray_metrics.timing
+    model = ray_metrics.time_split.model.model_dump()
+    split = ray_metrics.time_split
+    print(f"rows: {split.train_rows:,} train, {split.test_rows:,} test; {settings.train_rounds} rounds")
     plain_total = plain["load_s"] + plain["train_s"]
     rows = [
         ("ray.init (fixed cost)", ray_start, None),
-        ("Ray XGBoostTrainer.fit, total", ray_t["ray_train_fit_seconds"], model),
-        ("  in workers: read + boost", ray_t["load_seconds"] + ray_t["boosting_seconds"], None),
+        ("Ray XGBoostTrainer.fit, total", ray_t.ray_train_fit_seconds, model),
+        ("  in workers: read + boost", ray_t.load_seconds + ray_t.boosting_seconds, None),
         (f"plain xgboost.train, {threads} threads", plain_total, plain),
     ]
     print(f"{'':36} {'seconds':>8} {'MAE':>10} {'R²':>7}")
     for name, seconds, m in rows:
         tail = f" {m['mae']:10,.0f} {m['r2']:7.4f}" if m else ""
         print(f"{name:36} {seconds:8.1f}{tail}")
-    print(f"Ray fit / plain: {ray_t['ray_train_fit_seconds'] / plain_total:.2f}x")
+    print(f"Ray fit / plain: {ray_t.ray_train_fit_seconds / plain_total:.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Put a trained model into the BentoML model store and build the Bento that serves it."""
+"""Put a trained model into the BentoML model store and build the Bento that serves it. Both are
+content-addressed: the same model files always get the same model version, and the same model with
+the same service files the same Bento version."""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import json
 from pathlib import Path
 
 import bentoml
@@ -13,34 +15,40 @@ from compute import model as contract
 from compute import storage
 from compute.settings import PROJECT_ROOT
 
-MODEL_NAME = "stock-volume"
 BENTOFILE = PROJECT_ROOT / "bento" / "bentofile.yaml"
 
 
-def model_version(model_dir: str) -> str:
-    """Content-addressed: the same model files always get the same version."""
-    digest = hashlib.sha256()
-    for name in (contract.MODEL_FILE, contract.METADATA_FILE):
-        digest.update(storage.read_bytes(storage.join(model_dir, name)))
-    return digest.hexdigest()[:16]
+def model_tag(model_dir: str) -> str:
+    """The tag the published model in `model_dir` has (or will have) in the model store."""
+    model, metadata = contract.read_published(model_dir)
+    return _tag(model, metadata)
+
+
+def _tag(model: bytes, metadata: dict) -> str:
+    digest = hashlib.sha256(model)
+    digest.update(json.dumps(metadata, sort_keys=True).encode())
+    return f"{contract.MODEL_NAME}:{digest.hexdigest()[:16]}"
 
 
 def register_model(model_dir: str | Path) -> str:
-    """Copy model.bin + model.json (local or from an object store) into the model store, once
-    per content; return the tag."""
-    model_dir = storage.normalize(model_dir)
-    for name in (contract.MODEL_FILE, contract.METADATA_FILE):
-        if not storage.is_file(storage.join(model_dir, name)):
-            raise FileNotFoundError(f"no {name} in {model_dir}: run `stockpipe train` first")
-    tag = f"{MODEL_NAME}:{model_version(model_dir)}"
-    try:
-        return str(bentoml.models.get(tag).tag)
-    except bentoml.exceptions.NotFound:
-        pass
-    booster, metadata = contract.load(model_dir)  # refuse to register files that do not load
+    """Copy the published model (local or from an object store) into the model store, once per
+    content; return its tag. The files are checked whole and loadable before they are stored."""
+    model, metadata = contract.read_published(storage.normalize(model_dir))
+    tag = _tag(model, metadata)
+    if find_model(tag):
+        return tag
+    contract.booster(model)  # refuse to register files that do not load
     with bentoml.models.create(tag, labels={"project": "stockpipe"}, metadata=_flat(metadata)) as stored:
-        contract.save(booster, metadata, stored.path)
+        contract.write(stored.path, model, metadata)
     return tag
+
+
+def find_model(tag: str) -> bool:
+    try:
+        bentoml.models.get(tag)
+        return True
+    except bentoml.exceptions.NotFound:
+        return False
 
 
 def _flat(metadata: dict) -> dict:
@@ -57,31 +65,33 @@ def _bentofile() -> dict:
     return yaml.safe_load(BENTOFILE.read_text())
 
 
-def bento_version(model_tag: str) -> str:
-    """Content-addressed: the model plus the build file and every file it includes."""
+def bento_tag(model: str) -> str:
+    """The Bento's tag, content-addressed: the model plus the build file and every file it includes."""
     config = _bentofile()
-    digest = hashlib.sha256(model_tag.encode())
+    digest = hashlib.sha256(model.encode())
     digest.update(BENTOFILE.read_bytes())
     for name in sorted(config.get("include", [])):
         digest.update(name.encode() + (PROJECT_ROOT / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return f"{config['name']}:{digest.hexdigest()[:16]}"
 
 
-def build_bento(model_tag: str) -> str:
-    """`bentoml build` with bento/bentofile.yaml, pinned to this model; return the Bento's tag.
-    A Bento already built from the same model and files is reused."""
-    name, version = _bentofile()["name"], bento_version(model_tag)
+def find_bento(tag: str) -> bool:
     try:
-        return str(bentoml.bentos.get(f"{name}:{version}").tag)
+        bentoml.bentos.get(tag)
+        return True
     except bentoml.exceptions.NotFound:
-        pass
-    previous = os.environ.get("STOCKPIPE_MODEL_TAG")
-    os.environ["STOCKPIPE_MODEL_TAG"] = model_tag  # read by the service when the build imports it
-    try:
-        bento = bentoml.bentos.build_bentofile(str(BENTOFILE), version=version, build_ctx=str(PROJECT_ROOT))
-    finally:
-        if previous is None:
-            os.environ.pop("STOCKPIPE_MODEL_TAG", None)
-        else:
-            os.environ["STOCKPIPE_MODEL_TAG"] = previous
+        return False
+
+
+def build_bento(model: str) -> str:
+    """`bentoml build` with bento/bentofile.yaml, the service handed this model as its Bento
+    argument (bento/service.py); return the Bento's tag. A Bento already built from the same model
+    and files is reused."""
+    tag = bento_tag(model)
+    if find_bento(tag):
+        return tag
+    version = tag.split(":", 1)[1]
+    bento = bentoml.bentos.build_bentofile(
+        str(BENTOFILE), version=version, build_ctx=str(PROJECT_ROOT), args={"model_tag": model}
+    )
     return str(bento.tag)

@@ -4,8 +4,10 @@
     POST /predict        {"vol_moving_avg": 51318, "adj_close_rolling_med": 216}
     POST /predict_batch  {"vol_moving_avg": [...], "adj_close_rolling_med": [...]}  -> [int, ...]
 
-The model (booster + metadata) comes from the BentoML model store; the tag is
-$STOCKPIPE_MODEL_TAG, else the latest `stock-volume`. Every bad input is a 4xx whose message names
+The model (booster + metadata) comes from the BentoML model store. Which one is the service's
+Bento argument `model_tag`: `stockpipe serve` passes it (`bentoml serve ... --arg model_tag=TAG`),
+a built Bento records the one it was built with, and a plain `bentoml serve` takes the latest
+`stock-volume`. Every bad input is a 4xx whose message names
 the field and the problem; the service never answers 500 for bad input or shows a traceback.
 """
 
@@ -25,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compute import model as contract
 
-MODEL_NAME = "stock-volume"
 MAX_BATCH = 100_000  # rows per /predict_batch request
 # Bounds far beyond any real value (AAPL's busiest day: 7.4e9 shares; BRK.A: ~4e5 dollars), so
 # that a typo like 1e300 is refused instead of answered with a meaningless number.
@@ -38,6 +39,13 @@ VolMovingAvg = Annotated[
 AdjCloseMedian = Annotated[
     float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False, description="30-row median of Adj Close")
 ]
+
+
+class ServiceArguments(BaseModel):
+    model_tag: str = f"{contract.MODEL_NAME}:latest"
+
+
+arguments = bentoml.use_arguments(ServiceArguments)
 
 
 class Features(BaseModel):
@@ -94,7 +102,7 @@ def _field(error: dict) -> str:
 )
 @bentoml.asgi_app(http, path="/")
 class VolumeService:
-    model_ref = bentoml.models.BentoModel(os.environ.get("STOCKPIPE_MODEL_TAG", f"{MODEL_NAME}:latest"))
+    model_ref = bentoml.models.BentoModel(arguments.model_tag)
 
     def __init__(self) -> None:
         self.booster, self.metadata = contract.load(Path(self.model_ref.path))

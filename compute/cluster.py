@@ -23,24 +23,25 @@ T = TypeVar("T")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+Progress = Callable[[str], None]  # where a stage reports what it is doing, one line at a time
+
 _dashboard_url: str | None = None
-_start_seconds = 0.0  # time this process has spent in connect()
 
 
-def start_seconds() -> float:
-    """Seconds spent starting or joining Ray in this process (0 before the first connect)."""
-    return _start_seconds
+def dashboard_url() -> str | None:
+    return _dashboard_url
 
 
-def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> str | None:
-    """Join RAY_ADDRESS's cluster, or start a local one; return the dashboard URL if there is one.
+def connect(settings: Settings, progress: Progress = log.info) -> float:
+    """Join RAY_ADDRESS's cluster, or start a local one; return the seconds that took (0 when this
+    process is connected already).
 
     Stages call this only once they have work to do, so a re-run with nothing to rebuild never
     pays Ray's start-up (8-15 s here). Call it from a thread that lives as long as the process
     (the main one): Ray's daemons get a parent-death signal tied to the thread that starts them."""
-    global _dashboard_url, _start_seconds
+    global _dashboard_url
+    started = time.perf_counter()
     if not ray.is_initialized():
-        started = time.perf_counter()
         if settings.ray_address:
             _check_reachable(settings.ray_address)
             context = ray.init(address=settings.ray_address, logging_level=logging.WARNING)
@@ -53,12 +54,12 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> s
                 dashboard_port=settings.dashboard_port,
                 logging_level=logging.WARNING,
             )
-        _start_seconds += time.perf_counter() - started
         url = context.dashboard_url
         _dashboard_url = url if not url or url.startswith("http") else f"http://{url}"
+    seconds = time.perf_counter() - started
     if _dashboard_url:  # every stage says where to watch it
         progress(f"Ray dashboard: {_dashboard_url} (token: `ray get-auth-token`)")
-    return _dashboard_url
+    return seconds
 
 
 def _check_reachable(address: str) -> None:
@@ -95,7 +96,7 @@ def fan_out(
     calls: Sequence[tuple[Any, ...]],
     *,
     label: str,
-    progress: Callable[[str], None] = log.info,
+    progress: Progress = log.info,
 ) -> FanOut[T]:
     """Run fn(*args) for every args tuple as Ray tasks, reporting progress as they finish.
 

@@ -1,4 +1,9 @@
-"""Where each stage writes under the output location (a path or a pyarrow filesystem URI)."""
+"""Every name the pipeline writes under its output location (a path or a pyarrow filesystem URI).
+
+stage1/  quarantine/  stage2/  model/     published folders (compute/publish.py)
+reports/ingest.json  reports/features.json  reports/learning_curve.png  reports/predicted_vs_actual.png
+logs/training.log
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,11 @@ from dataclasses import dataclass
 
 from compute.storage import join, normalize
 
+# The model folder's files. model.json records model.bin's SHA-256, so that a reader can check that
+# the two belong together.
 MODEL_FILE = "model.bin"  # XGBoost's own UBJSON format, never a pickle
+METADATA_FILE = "model.json"
+METRICS_FILE = "metrics.json"
 
 
 @dataclass(frozen=True)
@@ -16,18 +25,24 @@ class Layout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", normalize(self.root))
 
+    # Published folders.
     @property
     def stage1(self) -> str:
         return join(self.root, "stage1")
+
+    @property
+    def quarantine(self) -> str:
+        return join(self.root, "quarantine")
 
     @property
     def stage2(self) -> str:
         return join(self.root, "stage2")
 
     @property
-    def quarantine(self) -> str:
-        return join(self.root, "quarantine")
+    def model(self) -> str:
+        return join(self.root, "model")
 
+    # Single files, each written whole.
     @property
     def reports(self) -> str:
         return join(self.root, "reports")
@@ -41,16 +56,20 @@ class Layout:
         return join(self.reports, "features.json")
 
     @property
+    def learning_curve(self) -> str:
+        return join(self.reports, "learning_curve.png")
+
+    @property
+    def predicted_vs_actual(self) -> str:
+        return join(self.reports, "predicted_vs_actual.png")
+
+    @property
     def logs(self) -> str:
         return join(self.root, "logs")
 
     @property
-    def model(self) -> str:
-        return join(self.root, "model")
-
-    @property
-    def model_file(self) -> str:
-        return join(self.model, MODEL_FILE)
+    def training_log(self) -> str:
+        return join(self.logs, "training.log")
 
 
 def part_name(number: int) -> str:

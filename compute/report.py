@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from compute.ingest import FileResult
 from compute.layout import Layout
+from compute.results import (
+    FailedFile,
+    FileCounts,
+    FileResult,
+    IngestIncremental,
+    IngestReport,
+    IngestWarnings,
+    RowCounts,
+    TrainMetrics,
+)
 from compute.sources import Listing
-from compute.storage import is_local, join
+from compute.storage import is_local
 
 
 class CountMismatch(AssertionError):
@@ -23,8 +30,9 @@ def build_ingest_report(
     listing: Listing,
     results: list[FileResult],
     metadata_warning: str | None,
-    seconds: float,
-) -> dict[str, Any]:
+    incremental: IngestIncremental,
+    ray_nodes: dict[str, int],
+) -> IngestReport:
     ingested = [r for r in results if r.status == "ingested"]
     failed = [r for r in results if r.status == "failed"]
     reasons: Counter[str] = Counter()
@@ -32,61 +40,60 @@ def build_ingest_report(
     for r in ingested:
         reasons.update(r.quarantined)
         zero_prices.update(r.zero_prices)
-    rows = {
-        "read": sum(r.rows_read for r in results),
-        "kept": sum(r.rows_kept for r in ingested),
-        "quarantined": sum(reasons.values()),
-        "in_failed_files": sum(r.rows_read for r in failed),
-    }
-    if rows["read"] != rows["kept"] + rows["quarantined"] + rows["in_failed_files"]:
+    rows = RowCounts(
+        read=sum(r.rows_read for r in results),
+        kept=sum(r.rows_kept for r in ingested),
+        quarantined=sum(reasons.values()),
+        in_failed_files=sum(r.rows_read for r in failed),
+    )
+    if rows.read != rows.kept + rows.quarantined + rows.in_failed_files:
         raise CountMismatch(f"row counts do not add up: {rows}")
-    failed_files = [{"file": r.file, "reason": r.reason, "rows": r.rows_read} for r in failed]
-    failed_files += [{"file": member, "reason": reason, "rows": 0} for member, reason in listing.rejected]
-    return {
-        "source": source,
-        "files": {
-            "seen": len(results) + len(listing.rejected),
-            "ingested": len(ingested),
-            "failed": len(failed_files),
-        },
-        "rows": rows,
-        "quarantined_by_reason": dict(sorted(reasons.items())),
-        "failed_files": sorted(failed_files, key=lambda f: f["file"]),
-        "symbols_without_metadata": sorted(r.symbol for r in ingested if not r.has_metadata),
-        "metadata_warning": metadata_warning,
-        "files_reordered_by_date": sorted(r.file for r in ingested if r.reordered),
-        "warnings": {"zero_price_rows_kept": dict(sorted(zero_prices.items()))},
-        "ignored_members": listing.ignored,
-        "seconds": round(seconds, 3),
-        "per_file": [asdict(r) for r in sorted(results, key=lambda r: r.file)],
-    }
+    failed_files = [FailedFile(file=r.file, reason=r.reason, rows=r.rows_read) for r in failed]
+    failed_files += [FailedFile(file=member, reason=reason, rows=0) for member, reason in listing.rejected]
+    return IngestReport(
+        source=source,
+        files=FileCounts(
+            seen=len(results) + len(listing.rejected), ingested=len(ingested), failed=len(failed_files)
+        ),
+        rows=rows,
+        quarantined_by_reason=dict(sorted(reasons.items())),
+        failed_files=sorted(failed_files, key=lambda f: f.file),
+        symbols_without_metadata=sorted(r.symbol for r in ingested if not r.has_metadata),
+        metadata_warning=metadata_warning,
+        files_reordered_by_date=sorted(r.file for r in ingested if r.reordered),
+        warnings=IngestWarnings(zero_price_rows_kept=dict(sorted(zero_prices.items()))),
+        ignored_members=listing.ignored,
+        per_file=sorted(results, key=lambda r: r.file),
+        incremental=incremental,
+        ray_nodes=ray_nodes,
+    )
 
 
-def ingest_markdown(report: dict[str, Any]) -> str:
+def ingest_markdown(report: IngestReport) -> str:
     """A short human summary of the report, for the Prefect UI and the console."""
-    files, rows = report["files"], report["rows"]
+    files, rows = report.files, report.rows
     lines = [
-        f"# Ingest report: `{report['source']}`",
+        f"# Ingest report: `{report.source}`",
         "",
         "| files seen | ingested | failed | rows read | kept | quarantined | in failed files |",
         "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {files['seen']:,} | {files['ingested']:,} | {files['failed']:,} | {rows['read']:,} "
-        f"| {rows['kept']:,} | {rows['quarantined']:,} | {rows['in_failed_files']:,} |",
+        f"| {files.seen:,} | {files.ingested:,} | {files.failed:,} | {rows.read:,} "
+        f"| {rows.kept:,} | {rows.quarantined:,} | {rows.in_failed_files:,} |",
         "",
     ]
-    if report["quarantined_by_reason"]:
+    if report.quarantined_by_reason:
         lines += ["| quarantine reason | rows |", "|---|---:|"]
-        lines += [f"| {k} | {v:,} |" for k, v in report["quarantined_by_reason"].items()]
+        lines += [f"| {k} | {v:,} |" for k, v in report.quarantined_by_reason.items()]
         lines.append("")
-    if report["failed_files"]:
+    if report.failed_files:
         lines += ["| failed file | reason |", "|---|---|"]
-        lines += [f"| {f['file']} | {f['reason']} |" for f in report["failed_files"][:50]]
+        lines += [f"| {f.file} | {f.reason} |" for f in report.failed_files[:50]]
         lines.append("")
-    if report["symbols_without_metadata"]:
-        lines.append("Symbols without metadata: " + ", ".join(report["symbols_without_metadata"][:50]))
-    if report["metadata_warning"]:
-        lines.append(f"Metadata: {report['metadata_warning']}")
-    zero = report["warnings"]["zero_price_rows_kept"]
+    if report.symbols_without_metadata:
+        lines.append("Symbols without metadata: " + ", ".join(report.symbols_without_metadata[:50]))
+    if report.metadata_warning:
+        lines.append(f"Metadata: {report.metadata_warning}")
+    zero = report.warnings.zero_price_rows_kept
     if zero:
         lines.append(
             "Zero prices kept (Yahoo placeholders): " + ", ".join(f"{k} {v:,}" for k, v in zero.items())
@@ -94,30 +101,26 @@ def ingest_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_markdown(metrics: dict[str, Any], out: str) -> str:
+def training_markdown(metrics: TrainMetrics, layout: Layout) -> str:
     """Model vs baseline on the time holdout (and the random split), with links to the plots."""
-    split = metrics["time_split"]
-    rows = [("model, time holdout", split["model"]), ("baseline, time holdout", split["baseline"])]
-    if "random_split" in metrics:
-        rows += [("model, random 80/20", metrics["random_split"]["model"])]
-        rows += [("baseline, random 80/20", metrics["random_split"]["baseline"])]
+    split = metrics.time_split
+    rows = [("model, time holdout", split.model), ("baseline, time holdout", split.baseline)]
+    if metrics.random_split:
+        rows += [("model, random 80/20", metrics.random_split.model)]
+        rows += [("baseline, random 80/20", metrics.random_split.baseline)]
     lines = [
-        f"# Training: {split['train_rows']:,} rows before {split['cutoff']}, {split['test_rows']:,} after",
+        f"# Training: {split.train_rows:,} rows before {split.cutoff}, {split.test_rows:,} after",
         "",
         "| | MAE | RMSE | R² | MAPE % |",
         "|---|---:|---:|---:|---:|",
-        *[
-            f"| {n} | {m['mae']:,.0f} | {m['rmse']:,.0f} | {m['r2']:.4f} | {m['mape_pct']:.1f} |"
-            for n, m in rows
-        ],
+        *[f"| {n} | {m.mae:,.0f} | {m.rmse:,.0f} | {m.r2:.4f} | {m.mape_pct:.1f} |" for n, m in rows],
         "",
-        f"MAE vs baseline: {split['mae_improvement_pct']:+.2f}% better. "
-        f"{metrics['engine']['workers']} workers on {metrics['engine']['device']}, "
-        f"fit {metrics['timing']['ray_train_fit_seconds']:.1f} s.",
+        f"MAE vs baseline: {split.mae_improvement_pct:+.2f}% better. "
+        f"{metrics.engine.workers} workers on {metrics.engine.device}, "
+        f"fit {metrics.timing.ray_train_fit_seconds:.1f} s.",
         "",
     ]
-    reports = Layout(out).reports
-    for name in ("learning_curve.png", "predicted_vs_actual.png"):
-        where = join(reports, name)
+    for where in (layout.learning_curve, layout.predicted_vs_actual):
+        name = where.rsplit("/", 1)[-1]
         lines.append(f"- [{name}]({Path(where).as_uri() if is_local(where) else where})")
     return "\n".join(lines) + "\n"

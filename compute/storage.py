@@ -1,16 +1,12 @@
-"""Where data lives and how it is written: a local (or shared-mount) path, or any pyarrow filesystem
-URI (s3://bucket/prefix, gs://..., hdfs://...; options such as ?endpoint_override= ride along).
+"""Plain file access: a local (or shared-mount) path, or any pyarrow filesystem URI
+(s3://bucket/prefix, gs://..., hdfs://...; options such as ?endpoint_override= ride along).
 
 Locations are plain strings, so they travel to Ray workers unchanged and each process resolves its
 own filesystem (credentials come from that node's environment, as pyarrow's filesystems do).
 
 Writes never leave a half-written file where a reader would look: local files are written under a
 temporary name and renamed; an object store makes each object visible only once it is complete.
-A stage (a folder of part files) is published as a whole:
-- locally, by building it in a hidden sibling folder and swapping that in with a rename;
-- on an object store, which has no rename, by writing the parts under a fresh `v-<id>/` prefix and
-  then the stage's `_manifest.json`, which names that prefix: writing the manifest is the commit.
-  Readers follow the manifest; older versions are deleted after the commit.
+Publishing a whole folder at once is compute/publish.py's job.
 """
 
 from __future__ import annotations
@@ -33,8 +29,6 @@ import pyarrow.parquet as pq
 
 from compute.schema import DICTIONARY_COLUMNS
 
-MANIFEST = "_manifest.json"  # pyarrow's dataset readers skip names starting with "_"
-VERSION_PREFIX = "v-"
 SECRET_OPTIONS = {"access_key", "secret_key", "session_token"}  # pyarrow's S3 URI options
 
 
@@ -178,7 +172,7 @@ def read_json(location: str) -> Any:
         return None
 
 
-def _hidden_sibling(path: Path, kind: str) -> Path:
+def hidden_sibling(path: Path, kind: str) -> Path:
     """A unique hidden name beside `path`, in the same folder so that a rename onto it is atomic."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
 
@@ -188,7 +182,7 @@ def write_bytes(data: bytes, location: str | Path) -> None:
     if is_local(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _hidden_sibling(path, "tmp")
+        tmp = hidden_sibling(path, "tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
         return
@@ -213,7 +207,7 @@ def write_parquet(table: pa.Table, location: str) -> None:
     }
     if is_local(location):
         path = Path(location)
-        tmp = _hidden_sibling(path, "tmp")
+        tmp = hidden_sibling(path, "tmp")
         pq.write_table(table, tmp, **options)
         os.replace(tmp, path)
         return
@@ -238,77 +232,14 @@ def make_dirs(location: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
-# --- stages -----------------------------------------------------------------------------------------
-
-
-def staging_dir(final: str) -> str:
-    """A fresh place to build a stage in before publishing it."""
-    if is_local(final):
-        staging = _hidden_sibling(Path(final), "staging")
-        staging.mkdir(parents=True)
-        return str(staging)
-    return join(final, f"{VERSION_PREFIX}{uuid.uuid4().hex[:12]}")
-
-
-def publish_dir(staging: str, final: str, manifest: dict[str, Any]) -> None:
-    """Make a fully written staging folder, with its manifest, the stage's current output."""
-    if is_local(final):
-        write_json(manifest, join(staging, MANIFEST))
-        old = _hidden_sibling(Path(final), "old")
-        if os.path.exists(final):
-            os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    current = basename(staging)
-    write_json({**manifest, "data": current}, join(final, MANIFEST))  # the commit
-    for name in children(final):
-        if name.startswith(VERSION_PREFIX) and name != current:
-            remove_dir(join(final, name))
-
-
-def carry_over(source: str, target: str) -> None:
-    """Put an unchanged part file of the current stage into the staging folder of the next."""
+def link_or_copy(source: str, target: str) -> None:
+    """Put a copy of a file at `target`: a hard link locally (instant, no extra space), a
+    server-side copy on an object store."""
     if is_local(source):
         try:
-            os.link(source, target)  # instant, and no extra space
+            os.link(source, target)
         except OSError:  # another filesystem, or links not supported
             shutil.copy2(source, target)
         return
     fs, source_path = resolve(source)
-    fs.copy_file(source_path, resolve(target)[1])  # server-side copy
-
-
-def remove_leftovers(final: str) -> None:
-    """Delete what a killed run left beside a local stage (staging and old folders). On an object
-    store, unpublished versions are deleted by the next publish."""
-    if is_local(final):
-        path = Path(final)
-        for leftover in path.parent.glob(f".{path.name}.*"):
-            if leftover.name.endswith((".staging", ".old")) and leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-
-
-def is_published(stage: str) -> bool:
-    """Whether a stage has published output (its manifest), without reading the manifest."""
-    return is_file(join(stage, MANIFEST))
-
-
-def read_manifest(stage: str) -> dict[str, Any] | None:
-    stored = read_json(join(stage, MANIFEST))
-    return stored if isinstance(stored, dict) else None
-
-
-def data_dir(stage: str) -> str:
-    """Where a published stage's part files are (the manifest's version prefix on object stores)."""
-    stored = read_manifest(stage)
-    return join(stage, stored["data"]) if stored and stored.get("data") else stage
-
-
-def parquet_parts(stage: str | Path) -> list[str]:
-    folder = data_dir(str(stage))
-    return [
-        join(folder, rel)
-        for rel, _, _ in listing(folder)
-        if rel.startswith("part-") and rel.endswith(".parquet")
-    ]
+    fs.copy_file(source_path, resolve(target)[1])

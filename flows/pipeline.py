@@ -1,30 +1,75 @@
-"""The `stock-pipeline` flow and its per-stage flows. Each task is one stage; Ray does the fan-out."""
+"""The `stock-pipeline` flow and its per-stage flows. One Prefect task per stage; each task drives
+its stage (compute/stages/) through the stage protocol (compute/stage.py), and Ray does the
+fan-out inside it."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import TaskRun
+from prefect.states import State
 
-from compute import download, stages
-from compute.layout import Layout
-from compute.report import ingest_markdown, training_markdown
-from compute.settings import SAMPLE_SOURCE, Settings, get_settings
-
-
-def _settings(out: str, ray_address: str | None, force: bool = False, **overrides: Any) -> Settings:
-    # force=False leaves STOCKPIPE_FORCE in charge; True rebuilds stages whose inputs are unchanged.
-    return get_settings(out=out, ray_address=ray_address, force=force or None, **overrides)
-
-
-@task(
-    name="download",
-    task_run_name="download {dataset}",
-    tags=["stage:download"],
-    retries=2,
-    retry_delay_seconds=15,
+from compute import download, stage
+from compute.errors import is_transient
+from compute.results import (
+    FeaturesReport,
+    IngestReport,
+    PackageResult,
+    PipelineResult,
+    StageResult,
+    TrainMetrics,
 )
+from compute.settings import SAMPLE_SOURCE, Settings, get_settings
+from compute.stages import Features, Ingest, Package, Train
+
+R = TypeVar("R", bound=StageResult)
+
+
+def only_transient(_task: Any, _run: TaskRun, state: State) -> bool:
+    """Retry a stage only for failures that can pass (a lost worker, a network or store timeout);
+    a bug or bad input fails the same way again (compute/errors.py)."""
+    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return isinstance(error, BaseException) and is_transient(error)
+
+
+# Publishing is atomic, so running a stage again after a failure is always safe.
+STAGE_TASK = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": only_transient}
+
+
+def _run(stage_class: type[stage.Stage[Any, R]], settings: Settings) -> R:
+    current = stage_class(settings, get_run_logger().info)
+    result = stage.run(current)
+    if artifact := current.artifact(result):
+        create_markdown_artifact(
+            markdown=artifact.markdown, key=artifact.key, description=artifact.description
+        )
+    return result
+
+
+@task(name="ingest", tags=["stage:ingest"], **STAGE_TASK)
+def ingest(settings: Settings) -> IngestReport:
+    return _run(Ingest, settings)
+
+
+@task(name="features", tags=["stage:features"], **STAGE_TASK)
+def features(settings: Settings) -> FeaturesReport:
+    return _run(Features, settings)
+
+
+@task(name="train", tags=["stage:train"], **STAGE_TASK)
+def train(settings: Settings) -> TrainMetrics:
+    return _run(Train, settings)
+
+
+@task(name="package", tags=["stage:serve"], **STAGE_TASK)
+def package(settings: Settings) -> PackageResult:
+    return _run(Package, settings)
+
+
+@task(name="download", task_run_name="download {dataset}", tags=["stage:download"], retries=2,
+      retry_delay_seconds=15)  # fmt: skip
 def fetch_dataset(dataset: str, settings: Settings) -> str:
     """The verified Kaggle zip (downloaded only if no verified copy is on disk yet)."""
     path, downloaded = download.fetch(dataset, settings.download_dir, settings.max_file_bytes)
@@ -32,51 +77,14 @@ def fetch_dataset(dataset: str, settings: Settings) -> str:
     return str(path)
 
 
-def _local_source(source: str, settings: Settings) -> str:
-    """A kaggle:OWNER/DATASET source becomes the downloaded zip; anything else is used as is."""
-    dataset = download.kaggle_dataset(source)
-    return fetch_dataset(dataset, settings) if dataset else source
-
-
-# Stages publish their outputs atomically, so running one again after a failure is always safe.
-@task(name="ingest", task_run_name="ingest {source}", tags=["stage:ingest"], retries=1, retry_delay_seconds=5)
-def ingest(source: str, settings: Settings) -> dict[str, Any]:
-    report = stages.run_ingest(source, settings, progress=get_run_logger().info)
-    create_markdown_artifact(
-        markdown=ingest_markdown(report), key="ingest-report", description="Ingest report"
-    )
-    return {k: v for k, v in report.items() if k != "per_file"}
-
-
-@task(name="features", tags=["stage:features"], retries=1, retry_delay_seconds=5)
-def features(settings: Settings) -> dict[str, Any]:
-    return stages.run_features(settings, progress=get_run_logger().info)
-
-
-@task(name="train", tags=["stage:train"], retries=1, retry_delay_seconds=10)
-def train_model(settings: Settings) -> dict[str, Any]:
-    from compute import train  # xgboost: imported by the stages that use it, not by an ETL run
-
-    metrics = train.run_train(settings, progress=get_run_logger().info)
-    create_markdown_artifact(
-        markdown=training_markdown(metrics, settings.out),
-        key="training-metrics",
-        description="Model vs baseline",
-    )
-    return metrics
-
-
-@task(name="package", tags=["stage:serve"], retries=1, retry_delay_seconds=5)
-def package_model(settings: Settings) -> dict[str, str]:
-    """Register the model in the BentoML model store and build the Bento that serves it."""
-    from bento import package  # bentoml: imported by the stage that uses it, not by an ETL run
-
-    model_tag = package.register_model(Layout(settings.out).model)
-    bento_tag = package.build_bento(model_tag)
-    get_run_logger().info(
-        "Bento %s with model %s; serve it with: bentoml serve %s", bento_tag, model_tag, bento_tag
-    )
-    return {"model": model_tag, "bento": bento_tag}
+def _settings(
+    source: str | None, out: str, ray_address: str | None, force: bool = False, **overrides: Any
+) -> Settings:
+    """The run's settings; a kaggle:OWNER/DATASET source becomes the downloaded zip."""
+    # force=False leaves STOCKPIPE_FORCE in charge; True rebuilds stages whose inputs are unchanged.
+    settings = get_settings(source=source, out=out, ray_address=ray_address, force=force or None, **overrides)
+    dataset = download.kaggle_dataset(settings.source)
+    return settings.model_copy(update={"source": fetch_dataset(dataset, settings)}) if dataset else settings
 
 
 @flow(name="stock-pipeline")
@@ -88,30 +96,31 @@ def stock_pipeline(
     train_rounds: int | None = None,
     stop_after: Literal["features", "train", "package"] = "package",
     force: bool = False,
-) -> dict[str, Any]:
+) -> PipelineResult:
     """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
     model, and build the Bento, all under `out` (or stop after an earlier stage)."""
-    settings = _settings(out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
-    result: dict[str, Any] = {"ingest": ingest(_local_source(source, settings), settings)}
-    result["features"] = features(settings)
+    settings = _settings(
+        source, out, ray_address, force, train_device=train_device, train_rounds=train_rounds
+    )
+    result = PipelineResult(ingest=ingest(settings))
+    result.features = features(settings)
     if stop_after in ("train", "package"):
-        result["train"] = train_model(settings)
+        result.train = train(settings)
     if stop_after == "package":
-        result["package"] = package_model(settings)
+        result.package = package(settings)
     return result
 
 
 @flow(name="ingest-stage")
 def ingest_flow(
     source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None, force: bool = False
-) -> dict:
-    settings = _settings(out, ray_address, force)
-    return ingest(_local_source(source, settings), settings)
+) -> IngestReport:
+    return ingest(_settings(source, out, ray_address, force))
 
 
 @flow(name="features-stage")
-def features_flow(out: str = "output", ray_address: str | None = None, force: bool = False) -> dict:
-    return features(_settings(out, ray_address, force))
+def features_flow(out: str = "output", ray_address: str | None = None, force: bool = False) -> FeaturesReport:
+    return features(_settings(None, out, ray_address, force))
 
 
 @flow(name="train-stage")
@@ -121,7 +130,7 @@ def train_flow(
     train_device: str | None = None,
     train_rounds: int | None = None,
     force: bool = False,
-) -> dict:
-    return train_model(
-        _settings(out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
+) -> TrainMetrics:
+    return train(
+        _settings(None, out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
     )

@@ -10,22 +10,8 @@ from __future__ import annotations
 import threading
 from contextlib import suppress
 
-from compute import cluster, storage
-from compute.layout import Layout
+from compute import cluster
 from compute.settings import Settings
-
-
-def first_stage_has_work(command: str, layout: Layout, force: bool) -> bool:
-    """Whether the command's first stage surely runs: --force, or it has no published output.
-
-    Otherwise the stage itself decides (it may be reused) and starts Ray only if it has work."""
-    if force:
-        return True
-    if command in ("run", "ingest"):
-        return not storage.is_published(layout.stage1)
-    if command == "features":
-        return not storage.is_published(layout.stage2)
-    return not storage.is_file(layout.model_file)
 
 
 def start_prefect_and_ray(settings: Settings) -> None:

@@ -1,14 +1,18 @@
-"""Session-wide real services: one local Ray and one Prefect test harness, started once (~10 s each)."""
+"""What every test shares: a private environment and where the sample is.
+
+tests/unit/ checks code alone (no Ray, no Prefect server, no HTTP): `make test-fast`.
+tests/integration/ runs the real components (Ray, Prefect, BentoML over HTTP, S3 on loopback);
+every test there is marked `integration`. `make test` runs both.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,82 +27,31 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A private BentoML model and Bento store for the test session, never the user's ~/bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="stockpipe-bentoml-")
 
-from bench.procs import free_port, start_server, stop
-from compute.settings import SAMPLE_SOURCE, Settings
+from compute import download
+from compute.download import DEFAULT_DATASET
+from compute.settings import SAMPLE_SOURCE
 
 SAMPLE = Path(SAMPLE_SOURCE)
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def sample_zip(dest: Path) -> Path:
+    """The embedded sample, packed the way Kaggle ships the dataset."""
+    dest.mkdir(parents=True, exist_ok=True)
+    path = download.zip_path(DEFAULT_DATASET, dest)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file in sorted(SAMPLE.rglob("*.csv")):
+            archive.write(file, file.relative_to(SAMPLE).as_posix())
+    return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_bentoml_home() -> Iterator[None]:
     yield
     shutil.rmtree(os.environ["BENTOML_HOME"], ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[str | None]:
-    """A real local Ray (2 CPUs, dashboard on a free loopback port), shared by every test."""
-    import ray
-
-    from compute import cluster
-
-    url = cluster.connect(Settings(ray_address=None, dashboard_port=free_port()))
-    yield url
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def prefect_harness() -> Iterator[None]:
-    """Prefect's own test harness: a temporary database and API server for this session."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
-
-
-@pytest.fixture(scope="session")
-def sample_run(
-    ray_session: str | None, prefect_harness: None, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Any]:
-    """The `stock-pipeline` flow run once on the embedded sample; tests read its outputs."""
-    from flows.pipeline import stock_pipeline
-
-    out = tmp_path_factory.mktemp("sample-run")
-    state = stock_pipeline(source=str(SAMPLE), out=str(out), return_state=True)
-    return {"out": out, "state": state, "result": state.result()}
-
-
-@pytest.fixture(scope="session")
-def served(sample_run: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`stockpipe serve` on a free loopback port, for the model the sample run trained."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "serve",
-        "--out",
-        str(sample_run["out"]),
-        "--port",
-        str(port),
-    ]
-    url, process = start_server(command, port, log)
-    yield url
-    stop(process)
-
-
-@pytest.fixture(scope="session")
-def expected(sample_run: dict[str, Any]) -> dict[str, Any]:
-    """Real feature rows from the sample (plus edge values) and the booster's own predictions."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from compute import model as contract
-
-    table = pq.read_table(sample_run["out"] / "stage2").to_pandas().dropna().sample(200, random_state=0)
-    m = np.concatenate([table["vol_moving_avg"].to_numpy(), [0.0, 0.5, 51318.0, 7.4e9, 1e12]])
-    a = np.concatenate([table["adj_close_rolling_med"].to_numpy(), [0.0, 1.0, 216.0, 500.0, 1e7]])
-    booster, metadata = contract.load(sample_run["out"] / "model")
-    volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
-    return {"m": m, "a": a, "volume": np.rint(volume).astype(np.int64)}

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.procs import free_port, start_server, stop
 from bento import image
+from harness.procs import free_port, start_server, stop
 
 pytestmark = pytest.mark.image
 
@@ -25,7 +25,7 @@ def built(sample_run: dict[str, Any]) -> Iterator[dict[str, Any]]:
         pytest.skip(f"cannot build images here: {reason}")
     name = f"localhost/stockpipe-test:{uuid.uuid4().hex[:8]}"
     started = time.perf_counter()
-    image.containerize(sample_run["result"]["package"]["bento"], name)
+    image.containerize(sample_run["result"].package.bento, name)
     print(f"image built in {time.perf_counter() - started:.0f} s")  # shown with pytest -s
     try:
         yield {"name": name}

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from bench.procs import stop
-from compute import ingest, stages, train
+from compute import model as contract
+from compute import parse, publish
+from compute.publish import parquet_parts
 from compute.settings import Settings
-from compute.storage import parquet_parts
+from compute.stage import run
+from compute.stages import Features, Ingest, Train
+from harness.procs import stop
 from tests.conftest import SAMPLE
 
 
@@ -31,7 +35,7 @@ def ingest_batch_dying_once(*args: Any) -> Any:
     if part == 1 and not marker.exists():
         marker.write_text(str(os.getpid()))
         os._exit(1)  # no exception, no cleanup: the process is gone, as with the OOM killer
-    return ingest.ingest_batch(*args)
+    return parse.ingest_batch(*args)
 
 
 def stage_files(out: Path, stage: str) -> dict[str, bytes]:
@@ -41,22 +45,22 @@ def stage_files(out: Path, stage: str) -> dict[str, bytes]:
 def test_killed_ray_worker_is_retried_and_outputs_are_identical(
     ray_session: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calm = stages.run_ingest(str(SAMPLE), Settings(out=tmp_path / "calm" / "out"))
-    monkeypatch.setattr(stages, "ingest_batch", ingest_batch_dying_once)
-    faulty = stages.run_ingest(str(SAMPLE), Settings(out=tmp_path / "faulty" / "out"))
+    calm = run(Ingest(Settings(out=tmp_path / "calm" / "out", source=str(SAMPLE))))
+    monkeypatch.setattr("compute.stages.ingest.ingest_batch", ingest_batch_dying_once)
+    faulty = run(Ingest(Settings(out=tmp_path / "faulty" / "out", source=str(SAMPLE))))
 
     assert (tmp_path / "faulty" / "worker-killed").exists(), "the fault was not injected"
     assert stage_files(tmp_path / "faulty" / "out", "stage1") == stage_files(
         tmp_path / "calm" / "out", "stage1"
     )
-    assert faulty["rows"] == calm["rows"] and faulty["quarantined_by_reason"] == calm["quarantined_by_reason"]
+    assert faulty.rows == calm.rows and faulty.quarantined_by_reason == calm.quarantined_by_reason
 
 
 def test_reruns_give_byte_identical_stage_files(ray_session: str | None, tmp_path: Path) -> None:
-    for run in ("first", "second"):
-        settings = Settings(out=tmp_path / run)
-        stages.run_ingest(str(SAMPLE), settings)
-        stages.run_features(settings)
+    for attempt in ("first", "second"):
+        settings = Settings(out=tmp_path / attempt, source=str(SAMPLE))
+        run(Ingest(settings))
+        run(Features(settings))
     for stage in ("stage1", "stage2", "quarantine"):
         first, second = stage_files(tmp_path / "first", stage), stage_files(tmp_path / "second", stage)
         assert first and first == second, stage
@@ -68,19 +72,40 @@ def test_a_task_that_fails_once_is_retried_by_prefect(
 ) -> None:
     from flows.pipeline import features_flow
 
-    stages.run_ingest(str(SAMPLE), Settings(out=tmp_path))
-    real, calls = stages.run_features, []
+    run(Ingest(Settings(out=tmp_path, source=str(SAMPLE))))
+    real, calls = run, []
 
-    def flaky(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def flaky(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:
             raise ConnectionError("transient: the object store hiccupped")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(stages, "run_features", flaky)
+    monkeypatch.setattr("compute.stage.run", flaky)
     summary = features_flow(out=str(tmp_path))
     assert len(calls) == 2
-    assert summary["rows"] == pq.read_table(tmp_path / "stage1").num_rows
+    assert summary.rows == pq.read_table(tmp_path / "stage1").num_rows
+
+
+def test_a_bug_or_bad_input_is_not_retried(
+    ray_session: str | None, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that would fail the same way again (here, a stage's own error) fails the task once."""
+    from flows.pipeline import features_flow
+
+    calls = []
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        raise ValueError("row counts do not add up")  # a bug: retrying cannot help
+
+    monkeypatch.setattr("compute.stage.run", broken)
+    state = features_flow(out=str(tmp_path), return_state=True)
+    assert state.is_failed() and len(calls) == 1
+    # A missing stage 1 is bad input: one attempt, and the error says what to do.
+    monkeypatch.undo()
+    state = features_flow(out=str(tmp_path / "empty"), return_state=True)
+    assert state.is_failed() and "run `stockpipe ingest` first" in str(state.message)
 
 
 def snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
@@ -93,14 +118,14 @@ def test_unchanged_rerun_reuses_stages_and_a_changed_file_rebuilds(
 ) -> None:
     source = tmp_path / "source"
     shutil.copytree(SAMPLE, source)
-    settings = Settings(out=tmp_path / "out")
-    first = stages.run_ingest(str(source), settings)
-    stages.run_features(settings)
+    settings = Settings(out=tmp_path / "out", source=str(source))
+    first = run(Ingest(settings))
+    run(Features(settings))
     before = snapshot(tmp_path / "out")
 
-    again = stages.run_ingest(str(source), settings)
-    assert again["reused"] and again["rows"] == first["rows"]
-    assert stages.run_features(settings)["reused"]
+    again = run(Ingest(settings))
+    assert again.reused and again.rows == first.rows
+    assert run(Features(settings)).reused
     assert snapshot(tmp_path / "out") == before  # not one file rewritten
 
     # One changed, one removed and one new file: only the parts holding them are rebuilt, the other
@@ -110,21 +135,21 @@ def test_unchanged_rerun_reuses_stages_and_a_changed_file_rebuilds(
     atac.write_text(atac.read_text() + "2021-01-28,1,1,1,1,1,100\n")
     (source / "etfs" / "ARKQ.csv").unlink()
     shutil.copy(source / "stocks" / "ACC.csv", source / "stocks" / "ACCX.csv")
-    changed = stages.run_ingest(str(source), settings)
-    features = stages.run_features(settings)
-    assert "reused" not in changed and "reused" not in features
-    inc = changed["incremental"]
-    assert inc["parts_carried_over"] >= 4 and inc["files_ingested"] <= 20, inc  # of 39 files
-    assert features["incremental"]["parts_carried_over"] == inc["parts_carried_over"]
+    changed = run(Ingest(settings))
+    features = run(Features(settings))
+    assert not changed.reused and not features.reused
+    inc = changed.incremental
+    assert inc.parts_carried_over >= 4 and inc.files_ingested <= 20, inc  # of 39 files
+    assert features.incremental.parts_carried_over == inc.parts_carried_over
     parts_after = {p.name: p.stat().st_ino for p in (tmp_path / "out" / "stage2").glob("part-*")}
     same = {name for name in parts_before if parts_after.get(name) == parts_before[name]}
-    assert len(same) == inc["parts_carried_over"], "carried-over parts must be the same files, not rewritten"
+    assert len(same) == inc.parts_carried_over, "carried-over parts must be the same files, not rewritten"
 
-    full = Settings(out=tmp_path / "full", force=True)
-    rebuilt = stages.run_ingest(str(source), full)
-    stages.run_features(full)
-    assert rebuilt["rows"] == changed["rows"] and rebuilt["files"] == changed["files"]
-    assert "ARKQ" not in changed["symbols_without_metadata"] + [r["symbol"] for r in changed["per_file"]]
+    full = Settings(out=tmp_path / "full", source=str(source), force=True)
+    rebuilt = run(Ingest(full))
+    run(Features(full))
+    assert rebuilt.rows == changed.rows and rebuilt.files == changed.files
+    assert "ARKQ" not in changed.symbols_without_metadata + [r.symbol for r in changed.per_file]
     for stage, keys in [("stage1", ("Symbol", "Date")), ("stage2", ("Symbol", "Date")),
                         ("quarantine", ("source_file", "line"))]:  # fmt: skip
         order = [(k, "ascending") for k in keys]
@@ -134,19 +159,19 @@ def test_unchanged_rerun_reuses_stages_and_a_changed_file_rebuilds(
     symbols = set(pq.read_table(tmp_path / "out" / "stage2").column("Symbol").to_pylist())
     assert "ACCX" in symbols and "ARKQ" not in symbols
 
-    forced = stages.run_ingest(str(source), Settings(out=tmp_path / "out", force=True))
-    assert "reused" not in forced and forced["incremental"]["parts_carried_over"] == 0
+    forced = run(Ingest(Settings(out=tmp_path / "out", source=str(source), force=True)))
+    assert not forced.reused and forced.incremental.parts_carried_over == 0
 
 
 def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_path: Path) -> None:
     for folder in ("stage2", "model"):
         shutil.copytree(sample_run["out"] / folder, tmp_path / folder)
-    metrics = train.run_train(Settings(out=tmp_path))
-    assert metrics["reused"]
-    assert metrics["time_split"] == sample_run["result"]["train"]["time_split"]
+    metrics = run(Train(Settings(out=tmp_path)))
+    assert metrics.reused
+    assert metrics.time_split == sample_run["result"].train.time_split
     changed = Settings(out=tmp_path, train_rounds=5, train_compare_random_split=False)
-    retrained = train.run_train(changed)
-    assert "reused" not in retrained and retrained["rounds"] == 5
+    retrained = run(Train(changed))
+    assert not retrained.reused and retrained.rounds == 5
 
 
 def _run_until(command: list[str], env: dict[str, str], ready: Callable[[], bool], log: Path) -> bool:
@@ -185,7 +210,7 @@ def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
         return any(out.glob(".stage1.*.staging/part-*.parquet"))
 
     def training() -> bool:
-        return any(out.glob(".train-*/*"))
+        return any(out.glob(".model.*.staging/_work/*"))
 
     assert _run_until(command, env, staging, tmp_path / "1.log"), "killed too late: ingest had finished"
     assert not (out / "stage1").exists() and any(out.glob(".stage1.*.staging"))
@@ -199,4 +224,66 @@ def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
     for stage in ("stage1", "stage2", "quarantine"):
         assert stage_files(out, stage) == stage_files(sample_run["out"], stage), stage
     metrics = json.loads((out / "model" / "metrics.json").read_text())
-    assert metrics["rows"] == sample_run["result"]["train"]["rows"]
+    assert metrics["rows"] == sample_run["result"].train.rows.model_dump()
+
+
+def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
+    ray_session: str | None, prefect_harness: None, sample_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """`stockpipe train` SIGKILLed while Ray Train fits, once the new model is staged, and just
+    after it is published: each time model/ holds the old model or the new one, whole (model.json's
+    SHA-256 matches model.bin, metrics.json is the manifest's), never a mix. A reader that keeps
+    loading the model while a training publishes never sees a mix either."""
+    import ray
+    from prefect.settings import PREFECT_API_URL
+
+    out = tmp_path / "out"
+    for folder in ("stage2", "model"):
+        shutil.copytree(sample_run["out"] / folder, out / folder)
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    command = [sys.executable, "-m", "flows.cli", "train", "--out", str(out),
+               "--ray-address", ray.get_runtime_context().gcs_address, "--rounds"]  # fmt: skip
+
+    def published() -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+        """The model as a reader finds it, checked whole: model.bin, model.json, metrics.json."""
+        model, metadata = contract.read(out / "model")
+        metrics = json.loads((out / "model" / "metrics.json").read_text())
+        assert publish.read_manifest(str(out / "model")).fingerprint == metrics["fingerprint"]  # type: ignore[union-attr]
+        return model, metadata, metrics
+
+    moments = {
+        "Ray Train is fitting": lambda: any(out.glob(".model.*.staging/_work/*")),
+        "the new model is staged": lambda: any(out.glob(".model.*.staging/model.*")),
+        "the new model is published": lambda: publish.read_manifest(str(out / "model")) != manifest_before,
+    }
+    killed = []
+    for rounds, (moment, ready) in enumerate(moments.items(), start=5):
+        model_before, _, metrics_before = published()
+        manifest_before = publish.read_manifest(str(out / "model"))
+        if _run_until([*command, str(rounds)], env, ready, tmp_path / f"{rounds}.log"):
+            killed.append(moment)
+        model, _, metrics = published()
+        assert (model == model_before and metrics == metrics_before) or metrics["rounds"] == rounds, moment
+        if moment == "Ray Train is fitting":
+            assert model == model_before, "killed before publishing, yet the model changed"
+    # The staged moment lasts milliseconds: a kill may land just after it. The others last seconds.
+    assert {"Ray Train is fitting", "the new model is published"} <= set(killed), killed
+
+    stop_reading = threading.Event()
+    seen: list[int] = []
+
+    def read_while_training() -> None:
+        while not stop_reading.is_set():
+            _, metadata = contract.read_published(str(out / "model"))
+            seen.append(metadata["metrics"]["time_split"]["mae"] > 0)
+
+    reader = threading.Thread(target=read_while_training)
+    reader.start()
+    try:
+        finished = subprocess.run([*command, "9"], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        stop_reading.set()
+        reader.join()
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
+    assert published()[2]["rounds"] == 9 and all(seen) and len(seen) > 10
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [], "leftovers remain"

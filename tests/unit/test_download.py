@@ -9,25 +9,14 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from compute import download
 from compute.download import DEFAULT_DATASET, DownloadError
-from tests.conftest import SAMPLE
+from tests.conftest import sample_zip
 
 LIMIT = 64 << 20
-
-
-def sample_zip(dest: Path) -> Path:
-    """The embedded sample, packed the way Kaggle ships the dataset."""
-    dest.mkdir(parents=True, exist_ok=True)
-    path = download.zip_path(DEFAULT_DATASET, dest)
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        for file in sorted(SAMPLE.rglob("*.csv")):
-            archive.write(file, file.relative_to(SAMPLE).as_posix())
-    return path
 
 
 def no_credentials(tmp: Path) -> dict[str, str]:
@@ -127,17 +116,3 @@ def test_verification_refuses_a_truncated_zip(tmp_path: Path) -> None:
 def test_bad_kaggle_references_are_refused(source: str) -> None:
     with pytest.raises(DownloadError, match="not kaggle:OWNER/DATASET"):
         download.kaggle_dataset(source)
-
-
-def test_flow_ingests_a_kaggle_source_from_its_verified_copy(
-    ray_session: str | None, prefect_harness: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from flows.pipeline import ingest_flow
-
-    dest = tmp_path / "downloads"
-    path = sample_zip(dest)
-    download.verify(path, LIMIT)
-    monkeypatch.setenv("STOCKPIPE_DOWNLOAD_DIR", str(dest))
-    report: dict[str, Any] = ingest_flow(source=f"kaggle:{DEFAULT_DATASET}", out=str(tmp_path / "out"))
-    assert report["source"] == str(path)
-    assert report["files"] == {"seen": 39, "ingested": 39, "failed": 0}

@@ -1,4 +1,4 @@
-"""Stage 1: parse, validate and downcast symbol files; bad rows go to quarantine with a reason.
+"""Stage 1's work: parse, validate and downcast symbol files; bad rows go to quarantine with a reason.
 
 Row rules, first match wins (a row's line number is its 1-based line in the file):
   malformed_row      wrong number of fields (truncated or garbled line)
@@ -25,7 +25,7 @@ import io
 import zipfile
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from compute.layout import part_name
+from compute.results import FileResult
 from compute.schema import CSV_COLUMNS, PRICE_COLUMNS, QUARANTINE, STAGE1
 from compute.sources import Source, SourceFile
 from compute.storage import join, write_parquet
@@ -61,20 +62,6 @@ ROW_RULES = (
 
 class FileRejected(Exception):
     """The whole file cannot be used; the message is the reason."""
-
-
-@dataclass
-class FileResult:
-    file: str
-    symbol: str
-    status: str = "ingested"  # or "failed"
-    reason: str | None = None
-    rows_read: int = 0
-    rows_kept: int = 0
-    quarantined: dict[str, int] = field(default_factory=dict)
-    zero_prices: dict[str, int] = field(default_factory=dict)
-    reordered: bool = False  # rows were not in date order in the source
-    has_metadata: bool = True
 
 
 class RawFile(NamedTuple):

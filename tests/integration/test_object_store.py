@@ -15,8 +15,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from bench.procs import free_port, start_server, stop
-from compute import storage
+from compute import model as contract
+from compute import publish, storage
+from harness.procs import free_port, start_server, stop
 from tests.conftest import SAMPLE
 
 BUCKET = "stockpipe"
@@ -58,7 +59,7 @@ def _upload_sample(fs: pafs.S3FileSystem) -> None:
 
 
 def _stage_table(stage: str) -> pa.Table:
-    parts = storage.parquet_parts(stage)
+    parts = publish.parquet_parts(stage)
     assert parts, f"no parts in {stage}"
     return pa.concat_tables([storage.read_parquet(p) for p in parts])
 
@@ -71,30 +72,38 @@ def test_folder_on_s3_to_output_on_s3(
     result = stock_pipeline(source=s3["uri"]("sample"), out=s3["uri"]("runs/a"), train_rounds=5)
     fs = s3["fs"]
     local = sample_run["result"]
-    assert result["ingest"]["rows"] == local["ingest"]["rows"]
-    assert result["ingest"]["files"] == local["ingest"]["files"]
+    assert result.ingest.rows == local.ingest.rows
+    assert result.ingest.files == local.ingest.files
 
     # Stage data is found through each stage's manifest, which names the committed version prefix.
-    for stage in ("stage1", "stage2", "quarantine"):
+    for stage in ("stage1", "stage2", "quarantine", "model"):
         info = fs.get_file_info(f"{BUCKET}/runs/a/{stage}/_manifest.json")
         assert info.type == pafs.FileType.File
     stage1 = _stage_table(s3["uri"]("runs/a/stage1"))
     local_stage1 = pq.read_table(Path(sample_run["out"]) / "stage1")
-    assert stage1.num_rows == local_stage1.num_rows == local["ingest"]["rows"]["kept"]
+    assert stage1.num_rows == local_stage1.num_rows == local.ingest.rows.kept
     assert stage1.sort_by([("Symbol", "ascending"), ("Date", "ascending")]).equals(
         local_stage1.sort_by([("Symbol", "ascending"), ("Date", "ascending")])
     )
-    assert _stage_table(s3["uri"]("runs/a/stage2")).num_rows == local["features"]["rows"]
+    assert _stage_table(s3["uri"]("runs/a/stage2")).num_rows == local.features.rows
 
-    for key in ("model/model.bin", "model/model.json", "model/metrics.json", "logs/training.log",
-                "reports/ingest.json", "reports/learning_curve.png"):  # fmt: skip
+    # The model is published like a stage: its files under the version its manifest names.
+    model_dir = publish.data_dir(s3["uri"]("runs/a/model"))
+    for name in ("model.bin", "model.json", "metrics.json"):
+        assert storage.is_file(storage.join(model_dir, name)), name
+    model, metadata = contract.read_published(s3["uri"]("runs/a/model"))
+    assert metadata["model_sha256"] == contract.sha256(model)
+    for key in ("logs/training.log", "reports/ingest.json", "reports/learning_curve.png"):
         assert fs.get_file_info(f"{BUCKET}/runs/a/{key}").type == pafs.FileType.File, key
     log_lines = fs.open_input_stream(f"{BUCKET}/runs/a/logs/training.log").read().decode().splitlines()
     assert len(log_lines) == 5 and log_lines[0].startswith("round=0 train-")
-    # Nothing is left behind: no training scratch space, one version per stage.
+    # Nothing is left behind: no training scratch space, one version per published folder.
     names = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/a", recursive=True))]
-    assert not [n for n in names if "/.train-" in n]
-    assert "package" in result and result["package"]["model"].startswith("stock-volume:")
+    assert not [n for n in names if "/_work" in n]
+    for folder in ("stage1", "stage2", "quarantine", "model"):
+        versions = {n.split("/")[4] for n in names if n.startswith(f"{BUCKET}/runs/a/{folder}/v-")}
+        assert len(versions) == 1, (folder, versions)
+    assert result.package and result.package.model.startswith("stock-volume:")
 
 
 def test_zip_on_s3_rebuild_replaces_the_version_and_unchanged_rerun_reuses(
@@ -105,12 +114,9 @@ def test_zip_on_s3_rebuild_replaces_the_version_and_unchanged_rerun_reuses(
     fs = s3["fs"]
     out = s3["uri"]("runs/b")
     first = ingest_flow(source=s3["uri"]("sample.zip"), out=out)
-    assert (
-        first["rows"]["read"]
-        == first["rows"]["kept"] + first["rows"]["quarantined"] + first["rows"]["in_failed_files"]
-    )
+    assert first.rows.read == first.rows.kept + first.rows.quarantined + first.rows.in_failed_files
     again = ingest_flow(source=s3["uri"]("sample.zip"), out=out)
-    assert again.get("reused") is True
+    assert again.reused is True
 
     def versions() -> set[str]:
         listed = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/b/stage1"))
@@ -120,8 +126,8 @@ def test_zip_on_s3_rebuild_replaces_the_version_and_unchanged_rerun_reuses(
     rebuilt = ingest_flow(source=s3["uri"]("sample.zip"), out=out, force=True)
     after = versions()
     assert len(before) == len(after) == 1 and before != after, "the old version must be replaced"
-    assert rebuilt["rows"] == first["rows"]
-    assert _stage_table(s3["uri"]("runs/b/stage1")).num_rows == first["rows"]["kept"]
+    assert rebuilt.rows == first.rows
+    assert _stage_table(s3["uri"]("runs/b/stage1")).num_rows == first.rows.kept
 
 
 def test_unknown_scheme_is_a_clear_error(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ def test_training_writes_model_metadata_metrics_log_and_plots(sample_run: dict[s
                  "reports/learning_curve.png", "reports/predicted_vs_actual.png"]:  # fmt: skip
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
     assert (out / "model" / "model.bin").read_bytes()[:1] == b"{"  # UBJSON object, not a pickle
-    assert not list((out / "model").glob("*.pkl")) and not list(out.glob(".train-*"))
+    assert not list((out / "model").glob("*.pkl")) and not list(out.glob(".*"))  # no scratch space left
 
 
 def test_every_boosting_round_is_logged(sample_run: dict[str, Any]) -> None:
@@ -44,7 +45,7 @@ def test_metrics_are_complete_and_consistent(sample_run: dict[str, Any]) -> None
     for block in (split["model"], split["baseline"], metrics["random_split"]["model"]):
         assert set(block) == {"mae", "rmse", "r2", "mape_pct"} and all(np.isfinite(list(block.values())))
     assert metrics["engine"] == {"trainer": "ray.train.xgboost.XGBoostTrainer", "workers": 2, "device": "cpu"}
-    assert sample_run["result"]["train"]["time_split"] == split
+    assert sample_run["result"].train.to_json() == metrics  # metrics.json is the typed result
 
 
 def test_saved_model_reproduces_the_evaluated_predictions(sample_run: dict[str, Any]) -> None:
@@ -55,6 +56,8 @@ def test_saved_model_reproduces_the_evaluated_predictions(sample_run: dict[str, 
     assert metadata["features"] == list(FEATURE_COLUMNS)
     assert metadata["target_transform"] == contract.TARGET_TRANSFORM
     assert metadata["holdout_cutoff"] == metrics["time_split"]["cutoff"]
+    # model.json records model.bin's SHA-256, so anyone can check the two belong together.
+    assert metadata["model_sha256"] == hashlib.sha256((out / "model" / "model.bin").read_bytes()).hexdigest()
 
     table = pq.read_table(out / "stage2").to_pandas().dropna(subset=list(FEATURE_COLUMNS))
     test = table[table["Date"] >= metrics["time_split"]["cutoff"]]

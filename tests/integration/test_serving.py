@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.procs import free_port, start_server, stop
 from bento.service import MAX_BATCH
+from harness.procs import free_port, start_server, stop
 
 
 def test_get_predict_matches_the_booster(served: str, expected: dict[str, np.ndarray]) -> None:
@@ -131,7 +131,7 @@ def test_readiness_and_openapi_list_every_route(served: str) -> None:
 def test_built_bento_serves_the_same_answers(
     sample_run: dict[str, Any], expected: dict[str, np.ndarray], tmp_path: Path
 ) -> None:
-    bento = sample_run["result"]["package"]["bento"]
+    bento = sample_run["result"].package.bento
     port = free_port()
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     url, process = start_server(command, port, tmp_path / "bento.log")

@@ -7,8 +7,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from compute import ingest
-from compute.ingest import FileRejected, RawFile, parse_batch, parse_file
+from compute import parse
+from compute.parse import FileRejected, RawFile, parse_batch, parse_file
 from compute.schema import PRICE_COLUMNS
 from tests.conftest import SAMPLE
 
@@ -196,7 +196,7 @@ def test_a_batch_gives_what_its_files_give_alone(extra: dict[str, bytes]) -> Non
     files = raw_files(extra)
     names = {f.symbol: f"{f.symbol} Inc." for f in files[::2]}
     if extra is HAND_MADE:  # every file here goes through the joint read
-        assert ingest._read_together(files, list(range(len(files)))) is not None
+        assert parse._read_together(files, list(range(len(files)))) is not None
     batch = parse_batch(files, names)
     alone = [parse_batch([f], names) for f in files]
     assert batch.results == [a.results[0] for a in alone]

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.procs import free_port, stop
 from compute.settings import PROJECT_ROOT
+from harness.procs import free_port, stop
 
 BIN = Path(sys.executable).parent
 

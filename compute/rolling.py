@@ -1,4 +1,4 @@
-"""Stage 2: per-symbol rolling features over the last WINDOW rows, ordered by date.
+"""Stage 2's work: per-symbol rolling features over the last WINDOW rows, ordered by date.
 
 Vectorised over a whole part file at once (symbols are contiguous and date-ordered): the rolling
 statistics run over the concatenated column, and a row whose window would reach back past the

@@ -13,7 +13,8 @@ import pytest
 
 from compute.schema import QUARANTINE, STAGE1
 from compute.settings import Settings
-from compute.stages import run_features, run_ingest
+from compute.stage import run
+from compute.stages import Features, Ingest
 from tests.conftest import SAMPLE
 
 
@@ -36,6 +37,7 @@ def test_stage1_has_exactly_the_contract_schema(sample_run: dict[str, Any]) -> N
 
 def test_sample_report_accounts_for_every_row(sample_run: dict[str, Any]) -> None:
     report = json.loads((sample_run["out"] / "reports" / "ingest.json").read_text())
+    assert report == sample_run["result"].ingest.to_json()  # the report is the typed result
     lines = sum(len(p.read_text().splitlines()) - 1 for p in SAMPLE.glob("*/*.csv"))
     rows = report["rows"]
     assert rows["read"] == lines
@@ -46,7 +48,7 @@ def test_sample_report_accounts_for_every_row(sample_run: dict[str, Any]) -> Non
     # The sample's known defects: five Yahoo mid-day empty rows, zero Open/Low prices kept.
     assert report["quarantined_by_reason"] == {"empty_row": 5}
     assert report["warnings"]["zero_price_rows_kept"]["Low"] > 0
-    assert sample_run["result"]["features"]["rows"] == rows["kept"]
+    assert sample_run["result"].features.rows == rows["kept"]
 
 
 @pytest.fixture(scope="module")
@@ -73,29 +75,29 @@ def bad_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bad_files_are_reported_and_the_run_goes_on(
     ray_session: str | None, bad_source: Path, tmp_path: Path
 ) -> None:
-    report = run_ingest(str(bad_source), Settings(out=tmp_path))
-    failed = {f["file"]: f["reason"] for f in report["failed_files"]}
+    report = run(Ingest(Settings(out=tmp_path, source=str(bad_source))))
+    failed = {f.file: f.reason for f in report.failed_files}
     assert set(failed) == {"stocks/BIN.csv", "stocks/HDR.csv", "stocks/EMPTY.csv", "stocks/bad name.csv"}
     assert "binary" in failed["stocks/BIN.csv"]
     assert "wrong header" in failed["stocks/HDR.csv"]
     assert failed["stocks/EMPTY.csv"] == "empty file"
     assert "not a valid ticker symbol" in failed["stocks/bad name.csv"]
-    assert report["files"] == {"seen": 8, "ingested": 4, "failed": 4}
-    assert report["symbols_without_metadata"] == ["AVDG", "TRUNC"]
-    assert report["quarantined_by_reason"] == {"empty_row": 1, "malformed_row": 1}
+    assert report.files.model_dump() == {"seen": 8, "ingested": 4, "failed": 4}
+    assert report.symbols_without_metadata == ["AVDG", "TRUNC"]
+    assert report.quarantined_by_reason == {"empty_row": 1, "malformed_row": 1}
 
-    rows = report["rows"]
-    assert rows["read"] == rows["kept"] + rows["quarantined"] + rows["in_failed_files"]
+    rows = report.rows
+    assert rows.read == rows.kept + rows.quarantined + rows.in_failed_files
     stage1 = pq.read_table(tmp_path / "stage1").to_pandas()
-    assert len(stage1) == rows["kept"]
+    assert len(stage1) == rows.kept
     assert set(stage1["Symbol"]) == {"ATAC", "ACC", "AVDG", "TRUNC"}
     assert stage1.loc[stage1["Symbol"] == "AVDG", "Security Name"].isna().all()
     assert stage1.loc[stage1["Symbol"] == "ATAC", "Security Name"].notna().all()
     quarantine = pq.read_table(tmp_path / "quarantine").to_pandas()
     assert set(quarantine["source_file"]) == {"stocks/ACC.csv", "stocks/TRUNC.csv"}
 
-    summary = run_features(Settings(out=tmp_path))
-    assert summary["rows"] == rows["kept"] and summary["symbols"] == 4
+    summary = run(Features(Settings(out=tmp_path)))
+    assert summary.rows == rows.kept and summary.symbols == 4
 
 
 def test_zip_source_with_escaping_member_is_ingested_safely(ray_session: str | None, tmp_path: Path) -> None:
@@ -104,15 +106,15 @@ def test_zip_source_with_escaping_member_is_ingested_safely(ray_session: str | N
         z.write(SAMPLE / "symbols_valid_meta.csv", "symbols_valid_meta.csv")
         z.write(SAMPLE / "stocks/ATAC.csv", "stocks/ATAC.csv")
         z.write(SAMPLE / "stocks/BENEU.csv", "../stocks/BENEU.csv")
-    report = run_ingest(str(archive), Settings(out=tmp_path / "out"))
-    assert report["files"] == {"seen": 2, "ingested": 1, "failed": 1}
-    assert report["failed_files"][0]["file"] == "../stocks/BENEU.csv"
-    assert report["failed_files"][0]["reason"].startswith("unsafe path")
+    report = run(Ingest(Settings(out=tmp_path / "out", source=str(archive))))
+    assert report.files.model_dump() == {"seen": 2, "ingested": 1, "failed": 1}
+    assert report.failed_files[0].file == "../stocks/BENEU.csv"
+    assert report.failed_files[0].reason.startswith("unsafe path")
     assert not (tmp_path / "stocks").exists()  # nothing was written outside the output folder
     assert pq.read_table(tmp_path / "out" / "stage1").column("Symbol").unique().to_pylist() == ["ATAC"]
 
 
 def test_rerun_replaces_previous_outputs(ray_session: str | None, bad_source: Path, tmp_path: Path) -> None:
-    run_ingest(str(SAMPLE), Settings(out=tmp_path))
-    report = run_ingest(str(bad_source), Settings(out=tmp_path))
-    assert pq.read_table(tmp_path / "stage1").num_rows == report["rows"]["kept"]
+    run(Ingest(Settings(out=tmp_path, source=str(SAMPLE))))
+    report = run(Ingest(Settings(out=tmp_path, source=str(bad_source))))
+    assert pq.read_table(tmp_path / "stage1").num_rows == report.rows.kept

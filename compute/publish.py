@@ -1,0 +1,199 @@
+"""Publishing an output folder as a whole: a reader sees the previous content or the new one,
+never a mix, and a run killed at any moment leaves one of the two.
+
+Every output folder of the pipeline (stage1/, quarantine/, stage2/, model/) goes through here:
+- local path: the new content is written into a hidden sibling (`.model.<id>.staging`), then
+  exchanged with the published folder in one atomic rename (renameat2 RENAME_EXCHANGE). Where the
+  filesystem cannot exchange, two renames are used, and a run killed between them leaves the old
+  folder under a `.old` name, which the next run puts back before anything else.
+- object store (no rename): the new content goes under a fresh `v-<id>/` prefix; writing
+  `_manifest.json`, which names that prefix, is the commit (one PUT is atomic); older prefixes are
+  deleted after it. Readers follow the manifest (`data_dir`).
+
+The manifest travels with the content and says what it was built from: the stage's fingerprint
+(a digest of its inputs, code and settings), the stage's result, and per part file what that part
+was built from, so that a re-run can reuse the whole folder or carry over unchanged parts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from compute import storage
+
+MANIFEST = "_manifest.json"  # pyarrow's dataset readers skip names starting with "_"
+VERSION_PREFIX = "v-"
+
+
+def digest(*parts: Any) -> str:
+    """A stable digest of JSON-able values (a fingerprint)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def code_digest(*modules: str) -> str:
+    """The source text of the modules (by name) that shape an output. The modules are found, not
+    imported, so that a stage can name modules it imports only when it builds."""
+    paths = [importlib.util.find_spec(name).origin for name in modules]  # type: ignore[union-attr]
+    return digest(*[Path(path).read_bytes().hex() for path in paths if path])
+
+
+class Part(BaseModel):
+    """What one part file was built from. A re-run carries the part over when it would be built
+    from exactly the same inputs."""
+
+    inputs: str  # digest of everything the part depends on
+    files: dict[str, list[int]] = {}  # source files in it: member -> [size, CRC or mtime] (ingest)
+    counts: dict[str, int] = {}  # what the stage counted in it (features)
+
+
+class Manifest(BaseModel):
+    fingerprint: str
+    result: dict[str, Any] = {}  # the stage's typed result, as JSON
+    parts: dict[str, Part] = {}
+    data: str | None = None  # object stores: the committed version prefix
+
+
+class Staging:
+    """A fresh place to write an output folder's next content before it is published."""
+
+    def __init__(self, final: str) -> None:
+        self.final = final
+        if storage.is_local(final):
+            path = storage.hidden_sibling(Path(final), "staging")
+            path.mkdir(parents=True)
+            self.location = str(path)
+        else:
+            self.location = storage.join(final, f"{VERSION_PREFIX}{uuid.uuid4().hex[:12]}")
+        self.committed = False
+
+    def join(self, *names: str) -> str:
+        return storage.join(self.location, *names)
+
+    def commit(self, manifest: Manifest) -> None:
+        """Make the staged content, with its manifest, the published one."""
+        if storage.is_local(self.final):
+            storage.write_json(manifest.model_dump(mode="json"), self.join(MANIFEST))
+            _swap_in(self.location, self.final)
+            self.committed = True
+            shutil.rmtree(self.location, ignore_errors=True)  # the previous content, if any
+            return
+        current = storage.basename(self.location)
+        storage.write_json(manifest.model_copy(update={"data": current}).model_dump(mode="json"),
+                           storage.join(self.final, MANIFEST))  # fmt: skip
+        self.committed = True
+        for name in storage.children(self.final):
+            if name.startswith(VERSION_PREFIX) and name != current:
+                storage.remove_dir(storage.join(self.final, name))
+
+    def abort(self) -> None:
+        """Delete what was staged (nothing, once committed)."""
+        if not self.committed:
+            storage.remove_dir(self.location)
+
+    def carry_over(self, names: list[str]) -> None:
+        """Put these files of the published content into the staged one, unchanged."""
+        published = data_dir(self.final)  # reads the manifest once, not per file
+        present = {name for name, _, _ in storage.listing(published)}
+        for name in names:
+            if name in present:
+                storage.link_or_copy(storage.join(published, name), self.join(name))
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def read_manifest(final: str) -> Manifest | None:
+    """The published manifest; None when there is none or it is not one of ours."""
+    stored = storage.read_json(storage.join(final, MANIFEST))
+    try:
+        return Manifest.model_validate(stored) if isinstance(stored, dict) else None
+    except ValidationError:
+        return None
+
+
+def is_published(final: str) -> bool:
+    """Whether the folder has published content (its manifest), without reading the manifest."""
+    return storage.is_file(storage.join(final, MANIFEST))
+
+
+def data_dir(final: str, manifest: Manifest | None = None) -> str:
+    """Where the published files are: the folder itself, or the committed version prefix."""
+    manifest = manifest or read_manifest(final)
+    return storage.join(final, manifest.data) if manifest and manifest.data else final
+
+
+def parquet_parts(final: str | Path) -> list[str]:
+    folder = data_dir(str(final))
+    return [
+        storage.join(folder, rel)
+        for rel, _, _ in storage.listing(folder)
+        if rel.startswith("part-") and rel.endswith(".parquet")
+    ]
+
+
+def content_id(final: str) -> Any:
+    """What identifies a folder's content: its fingerprint when this pipeline published it, else
+    its part files' names, sizes and modification times."""
+    manifest = read_manifest(final)
+    if manifest:
+        return manifest.fingerprint
+    return [item for item in storage.listing(final) if item[0].startswith("part-")]
+
+
+# --- local publishing ---------------------------------------------------------------------------
+
+
+def remove_leftovers(final: str) -> None:
+    """Repair and clean what a killed run left beside a local folder: a published folder moved
+    aside by the two-rename fallback is put back; staging folders are deleted. On an object store,
+    unpublished versions are deleted by the next commit."""
+    if not storage.is_local(final):
+        return
+    path = Path(final)
+    aside = sorted(path.parent.glob(f".{path.name}.*.old"))
+    if aside and not path.exists():
+        os.rename(aside.pop(), path)
+    for leftover in [*aside, *path.parent.glob(f".{path.name}.*.staging")]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _swap_in(staging: str, final: str) -> None:
+    """Put `staging` at `final` in one step; the previous content, if any, ends up at `staging`."""
+    if not os.path.lexists(final):
+        os.rename(staging, final)
+    elif not _exchange(staging, final):
+        aside = storage.hidden_sibling(Path(final), "old")
+        os.rename(final, aside)  # a crash here leaves `aside`, which remove_leftovers puts back
+        os.rename(staging, final)
+        os.rename(aside, staging)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+if _renameat2 is not None:
+    _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically exchange two paths (Linux 3.15+); False where the system or filesystem cannot."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), b)

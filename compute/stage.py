@@ -1,0 +1,151 @@
+"""The stage protocol: every stage of the pipeline plans, reuses, builds, publishes and reports the
+same way. A stage is one small class in compute/stages/; `run` drives each of them:
+
+    plan     what the stage depends on: a fingerprint (a digest of its inputs, code and settings)
+             and whatever the build needs. Reads names, sizes and manifests, never the data.
+    reuse    when the published output's manifest has the same fingerprint (and no --force), its
+             stored result is returned, marked reused; nothing is rebuilt and Ray is not started.
+    build    the work, fanned out over Ray, written into fresh staging folders (compute/publish.py).
+             Parts whose inputs are unchanged are carried over instead of rebuilt.
+    publish  the staging folders become the published outputs, each in one step, with a manifest
+             that records the fingerprint, the typed result and what every part was built from.
+    report   files derived from the result (reports/, logs/), written after the publish.
+
+A stage's `seconds` never include starting or joining Ray: that is the run's cost, not the stage's.
+
+To add a stage: subclass Stage in a new module of compute/stages/, name its outputs in
+compute/layout.py, give it a result type in compute/results.py, and call it from
+flows/pipeline.py as one more task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar, Generic, TypeVar
+
+from pydantic import ValidationError
+
+from compute import cluster, publish, storage
+from compute.cluster import Progress
+from compute.layout import Layout
+from compute.publish import Manifest, Part, Staging
+from compute.results import StageResult
+from compute.settings import Settings
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=StageResult)
+
+
+@dataclass
+class Plan:
+    fingerprint: str
+
+
+P = TypeVar("P", bound=Plan)
+
+
+@dataclass
+class Built(Generic[R]):
+    result: R
+    parts: dict[str, Part] = field(default_factory=dict)  # recorded in the manifest
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What a stage shows in the Prefect UI (a markdown artifact)."""
+
+    key: str
+    markdown: str
+    description: str
+
+
+class Stage(ABC, Generic[P, R]):
+    name: ClassVar[str]
+    result_type: ClassVar[type[StageResult]]
+    depends_on: ClassVar[str]  # for the "unchanged since the last run" line, e.g. "stage 1 and the code"
+    uses_ray: ClassVar[bool] = True
+    result_file: ClassVar[str | None] = None  # the result as JSON, published in the first output
+
+    def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.progress = progress or log.info
+        self.layout = Layout(settings.out)
+
+    def outputs(self) -> tuple[str, ...]:
+        """The folders this stage publishes. The first carries the result in its manifest; the
+        others are published just before it."""
+        return ()
+
+    @abstractmethod
+    def plan(self, previous: Manifest | None) -> P:
+        """What the build depends on. `previous` is the published manifest (None with --force)."""
+
+    def reuse(self, plan: P, previous: Manifest | None) -> R | None:
+        """The published result, when it was built from exactly what `plan` describes."""
+        if previous is None or previous.fingerprint != plan.fingerprint:
+            return None
+        try:
+            return self.result_type.model_validate(previous.result)  # type: ignore[return-value]
+        except ValidationError:  # written by an older version of this code
+            return None
+
+    @abstractmethod
+    def build(self, plan: P, staging: list[Staging]) -> Built[R]:
+        """Do the work into `staging` (one per output, in the order of `outputs()`)."""
+
+    def report(self, result: R) -> None:
+        """Write files derived from the result, after the publish (and after a reuse)."""
+
+    def artifact(self, result: R) -> Artifact | None:
+        return None
+
+    def describe(self, result: R) -> list[str]:
+        """What the command line prints about the result."""
+        return []
+
+
+def unchanged_parts(previous: Manifest | None, inputs: dict[str, str]) -> dict[str, Part]:
+    """The previous publish's parts whose recorded inputs equal their current `inputs`: they can be
+    carried over as they are."""
+    if previous is None:
+        return {}
+    return {name: part for name, part in previous.parts.items() if inputs.get(name) == part.inputs}
+
+
+def run(stage: Stage[P, R]) -> R:
+    """Plan, reuse or build, publish and report one stage; return its typed result."""
+    started = time.perf_counter()
+    settings, outputs = stage.settings, stage.outputs()
+    previous = publish.read_manifest(outputs[0]) if outputs and not settings.force else None
+    plan = stage.plan(previous)
+    if not settings.force and (reused := stage.reuse(plan, previous)) is not None:
+        result = reused.model_copy(update={"reused": True})
+        stage.progress(f"{stage.name}: {stage.depends_on} unchanged since the last run: reused")
+        stage.report(result)
+        return result
+
+    if stage.uses_ray:
+        started += cluster.connect(settings, stage.progress)  # the stage's time excludes Ray's start
+    for folder in outputs:
+        publish.remove_leftovers(folder)
+    staging = [Staging(folder) for folder in outputs]
+    try:
+        built = stage.build(plan, staging)
+        result = built.result.timed(time.perf_counter() - started)
+        if stage.result_file:
+            storage.write_json(result.to_json(), staging[0].join(stage.result_file))
+        for extra in staging[1:]:
+            extra.commit(Manifest(fingerprint=plan.fingerprint))
+        if staging:
+            staging[0].commit(
+                Manifest(fingerprint=plan.fingerprint, result=result.to_json(), parts=built.parts)
+            )
+    except BaseException:
+        for folder in staging:
+            folder.abort()
+        raise
+    stage.report(result)
+    return result

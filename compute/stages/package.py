@@ -1,0 +1,55 @@
+"""Stage 4, package: the published model into the BentoML model store, and the Bento that serves
+it (bento/package.py). Its output is BentoML's own store, which publishes atomically and is
+content-addressed, so the fingerprint is the Bento's tag: an unchanged model and service reuse it.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from compute import publish
+from compute.publish import Manifest, Staging
+from compute.results import PackageResult
+from compute.stage import Built, Plan, Stage
+
+
+@dataclass
+class PackagePlan(Plan):
+    model: str  # the model's tag in the model store
+
+
+class Package(Stage[PackagePlan, PackageResult]):
+    name = "package"
+    result_type = PackageResult
+    depends_on = "the model and the service files"
+    uses_ray = False
+
+    def plan(self, previous: Manifest | None) -> PackagePlan:
+        from bento import package  # bentoml: imported by the stage that uses it, not by an ETL run
+
+        if not publish.is_published(self.layout.model):
+            raise FileNotFoundError(f"no trained model in {self.layout.model}: run `stockpipe train` first")
+        model = package.model_tag(self.layout.model)
+        return PackagePlan(fingerprint=package.bento_tag(model), model=model)
+
+    def reuse(self, plan: PackagePlan, previous: Manifest | None) -> PackageResult | None:
+        from bento import package
+
+        if package.find_model(plan.model) and package.find_bento(plan.fingerprint):
+            return PackageResult(model=plan.model, bento=plan.fingerprint)
+        return None
+
+    def build(self, plan: PackagePlan, staging: list[Staging]) -> Built[PackageResult]:
+        from bento import package
+
+        model = package.register_model(self.layout.model)
+        return Built(PackageResult(model=model, bento=package.build_bento(model)))
+
+    def describe(self, result: PackageResult) -> list[str]:
+        return [
+            f"package: model {result.model} in the BentoML model store, Bento {result.bento}",
+            f"  serve this run's model: {sys.argv[0]} serve --out {self.layout.root}",
+            f"  serve the built Bento:  {Path(sys.argv[0]).parent / 'bentoml'} serve {result.bento}",
+        ]

@@ -1,0 +1,179 @@
+"""Stage 3, train: XGBoost predicting Volume from the two features, trained across Ray Train
+workers (compute/training/), evaluated on a time holdout against the naive baseline
+`Volume = vol_moving_avg`, and published as model/ (model.bin, model.json, metrics.json) like any
+other output folder: a reader sees the previous model or the new one, never a mix.
+logs/training.log (every round's loss) and the plots in reports/ are written after the publish.
+
+Ray Train's scratch space (each worker's results) is a `_work` folder inside the model's staging
+folder, so that it is shared storage whenever the output is and goes away with the staging folder.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+
+from compute import publish, storage
+from compute.cluster import fan_out
+from compute.layout import METRICS_FILE, MODEL_FILE
+from compute.publish import Manifest, Staging
+from compute.report import training_markdown
+from compute.results import Engine, Timing, TrainMetrics
+from compute.stage import Artifact, Built, Plan, Stage
+from compute.training import params, split
+
+# What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
+# trained: an ETL run or an unchanged re-run never pays for them.
+CODE = (
+    __name__, "compute.training.params", "compute.training.split", "compute.training.summary",
+    "compute.training.worker", "compute.model", "compute.metrics",
+)  # fmt: skip
+
+WORK = "_work"
+TRAINING_SETTINGS = {
+    "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
+    "train_workers", "train_compare_random_split", "seed", "train_device",
+}  # fmt: skip
+
+
+@dataclass
+class TrainPlan(Plan):
+    parts: list[str]  # stage-2 part files
+
+
+class Train(Stage[TrainPlan, TrainMetrics]):
+    name = "train"
+    result_type = TrainMetrics
+    depends_on = "stage 2, the code and the training settings"
+    result_file = METRICS_FILE
+
+    def outputs(self) -> tuple[str, ...]:
+        return (self.layout.model,)
+
+    def plan(self, previous: Manifest | None) -> TrainPlan:
+        parts = publish.parquet_parts(self.layout.stage2)
+        if not parts:
+            raise FileNotFoundError(
+                f"no stage 2 output in {self.layout.root}: run `stockpipe features` first"
+            )
+        # The requested device, not the one used: "auto" reuses a model whichever device built it.
+        training = self.settings.model_dump(include=TRAINING_SETTINGS)
+        code = publish.code_digest(*CODE)
+        fingerprint = publish.digest(publish.content_id(self.layout.stage2), code, training)
+        return TrainPlan(fingerprint=fingerprint, parts=parts)
+
+    def build(self, plan: TrainPlan, staging: list[Staging]) -> Built[TrainMetrics]:
+        from ray.train import RunConfig, ScalingConfig  # about 2 s to import
+        from ray.train.xgboost import XGBoostTrainer
+
+        from compute import model as contract
+        from compute.training import summary, worker
+
+        (model_dir,) = staging
+        settings = self.settings
+        resources = ray.cluster_resources()
+        device = params.resolve_device(settings.train_device, resources.get("GPU", 0))
+        counted = fan_out(
+            split.date_counts, [(p,) for p in plan.parts], label="train-split", progress=self.progress
+        ).results
+        dates = split.merge_dates(counted)
+        if not dates:
+            raise ValueError("stage 2 has no row with both features (every symbol has fewer than 30 rows)")
+        cutoff = split.holdout_cutoff(dates, settings.holdout_fraction)
+        workers, per_worker = params.worker_layout(device, resources, settings, len(plan.parts))
+        xgb_params = params.xgb_params(settings, device, int(per_worker["CPU"]))
+        self.progress(
+            f"train: {workers} Ray Train workers on {device}, cutoff {cutoff}, {settings.train_rounds} rounds"
+        )
+
+        work = model_dir.join(WORK)
+        storage.make_dirs(work)
+        fs, work_path = storage.resolve(work)
+        trainer = XGBoostTrainer(
+            worker.train_loop_per_worker,
+            train_loop_config={
+                "parts": plan.parts,
+                "cutoff": cutoff,
+                "params": xgb_params,
+                "rounds": settings.train_rounds,
+                "random_fraction": settings.holdout_fraction,
+                "seed": settings.seed,
+                "compare_random": settings.train_compare_random_split,
+                "work_dir": work,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=device == "cuda", resources_per_worker=per_worker
+            ),
+            run_config=RunConfig(
+                name=f"stockpipe-train-{uuid.uuid4().hex[:8]}",
+                storage_path=work_path,
+                storage_filesystem=None if storage.is_local(work) else fs,
+            ),
+        )
+        fit_started = time.perf_counter()
+        trainer.fit()
+        fit_seconds = time.perf_counter() - fit_started
+
+        results = [storage.read_json(storage.join(work, name)) for name in _names(work, "rank-")]
+        result = summary.summarise(
+            results,
+            counted,
+            cutoff=cutoff,
+            engine=Engine(trainer="ray.train.xgboost.XGBoostTrainer", workers=workers, device=device),
+            params=xgb_params,
+            settings=settings,
+            timing=Timing(
+                ray_train_fit_seconds=round(fit_seconds, 3),
+                boosting_seconds=round(max(r["time"]["seconds"] for r in results), 3),
+                load_seconds=round(max(r["load_seconds"] for r in results), 3),
+            ),
+            fingerprint=plan.fingerprint,
+        )
+        model = storage.read_bytes(storage.join(work, MODEL_FILE))
+        contract.write(model_dir.location, model, summary.model_metadata(result, plan.parts))
+        self._history = next(r for r in results if r["rank"] == 0)["time"]["history"]
+        self._sample = _plot_sample(work)
+        storage.remove_dir(work)
+        return Built(result)
+
+    def report(self, result: TrainMetrics) -> None:
+        if result.reused:  # the log and plots of the published model are there already
+            return
+        from compute import plots
+        from compute.training import summary
+
+        storage.write_bytes(summary.training_log(self._history).encode(), self.layout.training_log)
+        storage.write_bytes(plots.learning_curve(self._history), self.layout.learning_curve)
+        storage.write_bytes(plots.predicted_vs_actual(self._sample), self.layout.predicted_vs_actual)
+
+    def artifact(self, result: TrainMetrics) -> Artifact:
+        return Artifact("training-metrics", training_markdown(result, self.layout), "Model vs baseline")
+
+    def describe(self, result: TrainMetrics) -> list[str]:
+        split_, model, base = result.time_split, result.time_split.model, result.time_split.baseline
+        return [
+            f"train: time holdout from {split_.cutoff}: MAE {model.mae:,.0f} vs baseline "
+            f"{base.mae:,.0f} ({split_.mae_improvement_pct:+.1f}%), R² {model.r2:.3f} vs {base.r2:.3f}",
+            f"  model:      {self.layout.model}/ (model.bin, model.json, metrics.json)",
+            f"  log:        {self.layout.training_log}",
+            f"  plots:      {self.layout.reports}/{storage.basename(self.layout.learning_curve)}, "
+            f"{storage.basename(self.layout.predicted_vs_actual)}",
+        ]
+
+
+def _names(folder: str, prefix: str) -> list[str]:
+    return [name for name, _, _ in storage.listing(folder) if name.startswith(prefix)]
+
+
+def _plot_sample(work: str) -> dict[str, Any]:
+    """The holdout rows each worker sampled for the predicted-vs-actual plot, together."""
+    samples = [
+        np.load(io.BytesIO(storage.read_bytes(storage.join(work, n)))) for n in _names(work, "sample-")
+    ]
+    return {k: np.concatenate([s[k] for s in samples]) for k in ("actual", "predicted", "baseline")}

@@ -1,0 +1,133 @@
+"""What every Ray Train worker runs: read its own share of the stage-2 part files (nothing is
+collected on the driver), build its DMatrix shards, and train with XGBoost's collective, so that all
+workers hold the same model. Each worker computes error sums on its own test rows; the driver
+merges them exactly. The same workers can then train a second model on a random 80/20 split, for
+comparison only. Results go to files in the work folder, which is shared storage whenever the
+output is.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import xgboost as xgb
+from xgboost import collective
+
+from compute import model as contract
+from compute import storage
+from compute.layout import MODEL_FILE, part_number
+from compute.metrics import ErrorSums
+from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
+
+PLOT_SAMPLE_PER_WORKER = 5_000
+
+
+def load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "volume", "date", "time_test", "random_test")}
+    for part in parts:
+        table = storage.read_parquet(part, columns=["Date", TARGET_COLUMN, *FEATURE_COLUMNS])
+        table = table.filter(pc.and_(*[pc.is_valid(table.column(c)) for c in FEATURE_COLUMNS]))
+        dates = table.column("Date").cast(pa.date32()).to_numpy()  # datetime64[D]
+        arrays["x"].append(contract.feature_matrix(*[table.column(c).to_numpy() for c in FEATURE_COLUMNS]))
+        arrays["volume"].append(table.column(TARGET_COLUMN).to_numpy().astype(np.float64))
+        arrays["date"].append(dates)
+        arrays["time_test"].append(dates >= np.datetime64(cutoff))
+        # Seeded by the part's name, so the random split does not depend on the number of workers.
+        rng = np.random.default_rng([seed, part_number(storage.basename(part))])
+        arrays["random_test"].append(rng.random(len(dates)) < random_fraction)
+    if not parts:
+        return {"x": np.zeros((0, 2)), "volume": np.zeros(0), "date": np.zeros(0, "datetime64[D]"),
+                "time_test": np.zeros(0, bool), "random_test": np.zeros(0, bool)}  # fmt: skip
+    return {k: np.concatenate(v) for k, v in arrays.items()}
+
+
+def fit_split(
+    params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray], test: np.ndarray
+) -> dict[str, Any]:
+    x, volume, m = shard["x"], shard["volume"], shard["x"][:, 0]
+    target = contract.to_target(volume, m)
+    # Weight by vol_moving_avg²: m²·(ratio error)² is the squared error in shares, so the loss
+    # ranks rows as the volume-scale metrics do instead of treating a 100-share stock like AAPL.
+    # Normalised to a mean of 1 over all workers' training rows, so that XGBoost's regularisation
+    # (lambda, min_child_weight) keeps its usual scale whatever the volumes are.
+    sums = collective.allreduce(
+        np.array([np.sum(m[~test] ** 2), (~test).sum()], dtype=np.float64), collective.Op.SUM
+    )
+    weight = m**2 / max(sums[0] / max(sums[1], 1.0), 1e-12)
+    names = list(FEATURE_COLUMNS)
+    dtrain = xgb.QuantileDMatrix(x[~test], target[~test], weight=weight[~test], feature_names=names)
+    dtest = xgb.DMatrix(x[test], target[test], weight=weight[test], feature_names=names)
+    history: dict[str, dict[str, list[float]]] = {}
+    started = time.perf_counter()
+    booster = xgb.train(
+        params, dtrain, rounds, evals=[(dtrain, "train"), (dtest, "validation")],
+        evals_result=history, verbose_eval=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    predicted = contract.to_volume(booster.inplace_predict(x[test]), m[test])
+    return {
+        "booster": booster,
+        "history": history,
+        "seconds": seconds,
+        "model": ErrorSums.of(volume[test], predicted).to_dict(),
+        "baseline": ErrorSums.of(volume[test], m[test]).to_dict(),
+        "train_rows": int((~test).sum()),
+        "test_rows": int(test.sum()),
+        "predicted": predicted,
+    }
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker; results go to files in config['work_dir'] (shared storage)."""
+    context = ray.train.get_context()
+    rank, size = context.get_world_rank(), context.get_world_size()
+    started = time.perf_counter()
+    shard = load_shard(
+        config["parts"][rank::size], config["cutoff"], config["random_fraction"], config["seed"]
+    )
+    load_seconds = time.perf_counter() - started
+
+    timed = fit_split(config["params"], config["rounds"], shard, shard["time_test"])
+    rand = (
+        fit_split(config["params"], config["rounds"], shard, shard["random_test"])
+        if config["compare_random"]
+        else None
+    )
+
+    test = shard["time_test"]
+    rng = np.random.default_rng([config["seed"], rank])
+    pick = rng.choice(int(test.sum()), size=min(PLOT_SAMPLE_PER_WORKER, int(test.sum())), replace=False)
+    work = config["work_dir"]
+    result = {
+        "rank": rank,
+        "load_seconds": load_seconds,
+        "rows": len(shard["volume"]),
+        "train_dates": [str(shard["date"][~test].min()), str(shard["date"][~test].max())]
+        if (~test).any()
+        else None,
+        "test_dates": [str(shard["date"][test].min()), str(shard["date"][test].max())]
+        if test.any()
+        else None,
+        "time": {k: v for k, v in timed.items() if k not in ("booster", "predicted")},
+        "random": None
+        if rand is None
+        else {k: v for k, v in rand.items() if k not in ("booster", "predicted")},
+    }
+    sample = io.BytesIO()
+    np.savez(
+        sample,
+        actual=shard["volume"][test][pick],
+        predicted=timed["predicted"][pick],
+        baseline=shard["x"][test][pick, 0],
+    )
+    storage.write_bytes(sample.getvalue(), storage.join(work, f"sample-{rank}.npz"))
+    if rank == 0:  # every worker holds the same model after collective training
+        model_bytes = bytes(timed["booster"].save_raw(raw_format="ubj"))
+        storage.write_bytes(model_bytes, storage.join(work, MODEL_FILE))
+    storage.write_json(result, storage.join(work, f"rank-{rank}.json"))

@@ -1,0 +1,1 @@
+"""Starting, stopping and measuring local processes: shared by the tests and the benchmarks."""

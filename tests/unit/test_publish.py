@@ -1,0 +1,128 @@
+"""The publish protocol on local folders: whole swaps, repair after a crash, and a publisher killed
+(SIGKILL, for real) at random moments while a reader keeps reading: old or new, never a mix."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compute import model as contract
+from compute import publish
+from compute.publish import Manifest, Staging
+
+
+def publish_version(final: Path, version: int) -> None:
+    staging = Staging(str(final))
+    contract.write(staging.location, os.urandom(50_000 + version), {"version": version})
+    staging.commit(Manifest(fingerprint=str(version)))
+
+
+def test_commit_replaces_the_whole_folder_and_leaves_nothing_beside_it(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    publish_version(final, 1)
+    (final / "stray").write_text("from version 1")
+    publish_version(final, 2)
+    model, metadata = contract.read(final)
+    assert metadata["version"] == 2 and metadata["model_sha256"] == contract.sha256(model)
+    assert not (final / "stray").exists(), "the old folder's files must go with it"
+    assert publish.read_manifest(str(final)).fingerprint == "2"  # type: ignore[union-attr]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_an_aborted_staging_leaves_the_published_folder_alone(tmp_path: Path) -> None:
+    final = tmp_path / "stage"
+    publish_version(final, 1)
+    staging = Staging(str(final))
+    (Path(staging.location) / "part-00000.parquet").write_bytes(b"half")
+    staging.abort()
+    assert contract.read(final)[1]["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_a_crash_between_the_fallback_renames_is_repaired(tmp_path: Path) -> None:
+    """Where the filesystem cannot exchange two folders, publishing takes two renames; a crash
+    between them leaves the old folder aside under a .old name, which the next run puts back."""
+    final = tmp_path / "model"
+    publish_version(final, 1)
+    os.rename(final, tmp_path / ".model.0123456789ab.old")  # the state such a crash leaves
+    (tmp_path / ".model.ba9876543210.staging").mkdir()  # and the new content, never published
+    publish.remove_leftovers(str(final))
+    assert contract.read(final)[1]["version"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_model_files_that_do_not_belong_together_are_refused(tmp_path: Path) -> None:
+    contract.write(tmp_path, b"new model", {"version": 2})
+    (tmp_path / "model.bin").write_bytes(b"old model")  # what the old in-place publish could leave
+    with pytest.raises(contract.ModelNotWhole, match="does not match the SHA-256"):
+        contract.read(tmp_path)
+
+
+PUBLISHER = """
+import sys, time
+from pathlib import Path
+from tests.unit.test_publish import publish_version
+final, version = Path(sys.argv[1]), int(sys.argv[2])
+while True:
+    version += 1
+    publish_version(final, version)
+    print(version, flush=True)
+"""
+
+
+def test_a_publisher_killed_at_any_moment_leaves_the_old_or_the_new_folder(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    publish_version(final, 0)
+    published = 0
+    rng = random.Random(0)
+    for _ in range(15):
+        process = subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(final), str(published * 1000)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).parents[2],
+        )
+        first = process.stdout.readline()  # type: ignore[union-attr]  # publishing has begun
+        time.sleep(rng.uniform(0, 0.05))  # then kill it somewhere in one of its publishes
+        process.send_signal(signal.SIGKILL)
+        done = [int(line) for line in (first + process.communicate()[0]).split()]
+        publish.remove_leftovers(str(final))
+        _, metadata = contract.read(final)  # raises if model.bin and model.json do not match
+        # The last completed publish, or the one it was in the middle of.
+        assert metadata["version"] in (done[-1], done[-1] + 1), (metadata, done[-3:])
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+        published = metadata["version"] // 1000 + 1
+
+
+def test_a_reader_sees_whole_models_while_they_are_published(tmp_path: Path) -> None:
+    final = tmp_path / "model"
+    publish_version(final, 0)
+    stop = threading.Event()
+
+    def publish_many() -> None:
+        version = 0
+        while not stop.is_set():
+            version += 1
+            publish_version(final, version)
+
+    writer = threading.Thread(target=publish_many)
+    writer.start()
+    try:
+        seen = set()
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            model, metadata = contract.read_published(str(final))
+            assert metadata["model_sha256"] == contract.sha256(model)
+            seen.add(metadata["version"])
+    finally:
+        stop.set()
+        writer.join()
+    assert len(seen) > 10, "the reader should have seen many versions"
