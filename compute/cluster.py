@@ -9,10 +9,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import grpc
 import pyarrow as pa
 import ray
+from ray._raylet import Config as RayConfig
+from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
+from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
 from compute.settings import Settings
 
@@ -23,43 +28,141 @@ T = TypeVar("T")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-Progress = Callable[[str], None]  # where a stage reports what it is doing, one line at a time
+class Progress:
+    """Where a stage reports what it does: a line at a time (`progress("...")`), and how many of
+    a fan-out's Ray tasks have finished (`progress.tasks(label, done, total)`), which a terminal
+    progress bar or a Prefect progress artifact shows."""
+
+    def __init__(
+        self,
+        say: Callable[[str], None] = log.info,
+        tasks: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.say = say
+        self._tasks = tasks
+
+    def __call__(self, line: str) -> None:
+        self.say(line)
+
+    def tasks(self, label: str, done: int, total: int) -> None:
+        if self._tasks:
+            self._tasks(label, done, total)
+
+    @classmethod
+    def of(cls, progress: Progress | Callable[[str], None] | None) -> Progress:
+        if isinstance(progress, Progress):
+            return progress
+        return cls(progress or log.info)
+
 
 _dashboard_url: str | None = None
+_logs: str | None = None  # a local cluster's log folder
+_port_note = ""  # why the dashboard is not on the configured port
 
 
 def dashboard_url() -> str | None:
     return _dashboard_url
 
 
-def connect(settings: Settings, progress: Progress = log.info) -> float:
+def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> float:
     """Join RAY_ADDRESS's cluster, or start a local one; return the seconds that took (0 when this
     process is connected already).
 
     Stages call this only once they have work to do, so a re-run with nothing to rebuild never
     pays Ray's start-up (8-15 s here). Call it from a thread that lives as long as the process
     (the main one): Ray's daemons get a parent-death signal tied to the thread that starts them."""
-    global _dashboard_url
+    global _dashboard_url, _logs, _port_note
     started = time.perf_counter()
     if not ray.is_initialized():
+        # Ray's own logs (its workers' and actors' output) stay in its session's log folder, so a
+        # successful run prints only what it has to say; our tasks' errors still reach the driver.
+        quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
         if settings.ray_address:
             _check_reachable(settings.ray_address)
-            context = ray.init(address=settings.ray_address, logging_level=logging.WARNING)
+            _check_token(settings.ray_address, _use_token())
+            context = ray.init(address=settings.ray_address, **quiet)
         else:
+            _use_token(default=True)
             # address="local" never attaches to a cluster that happens to be running on this host.
             context = ray.init(
                 address="local",
                 include_dashboard=True,
                 dashboard_host=settings.dashboard_host,
-                dashboard_port=settings.dashboard_port,
-                logging_level=logging.WARNING,
+                dashboard_port=(port := _dashboard_port(settings)),
+                **quiet,
             )
+        if not settings.ray_address:
+            _logs = os.path.join(context.address_info.get("session_dir") or "", "logs")
+            if port != settings.dashboard_port:
+                _port_note = f" (port {settings.dashboard_port} is taken, by another run's Ray?)"
         url = context.dashboard_url
         _dashboard_url = url if not url or url.startswith("http") else f"http://{url}"
     seconds = time.perf_counter() - started
     if _dashboard_url:  # every stage says where to watch it
-        progress(f"Ray dashboard: {_dashboard_url} (token: `ray get-auth-token`)")
+        logs = f"; Ray's own logs: {_logs}" if _logs else ""
+        progress(f"Ray dashboard: {_dashboard_url}{_port_note} (token: `ray get-auth-token`){logs}")
     return seconds
+
+
+def _dashboard_port(settings: Settings) -> int:
+    """The configured dashboard port, or a free one when another run's dashboard has it (Ray would
+    otherwise give up after a minute)."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((settings.dashboard_host, settings.dashboard_port))
+            return settings.dashboard_port
+        except OSError:
+            probe.bind((settings.dashboard_host, 0))
+            return probe.getsockname()[1]
+
+
+class AuthenticationFailed(RuntimeError):
+    """The cluster wants a token this driver does not have (or has another): not worth a retry."""
+
+
+def _token() -> str | None:
+    """The token a driver presents, where Ray looks for it: RAY_AUTH_TOKEN, the file named by
+    RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (written by any local run or `ray start`)."""
+    if token := os.environ.get("RAY_AUTH_TOKEN"):
+        return token.strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _use_token(default: bool = False) -> str | None:
+    """Send the token whenever one is available. Ray's driver sends it only when RAY_AUTH_MODE is
+    "token", while a stock `ray start --head` turns authentication on whenever a token file exists,
+    so without this a driver cannot join the cluster that `ray start` just made. A local cluster
+    has authentication on by default (default=True), as Ray's own ray.init would; setting the mode
+    here also spares its warning that it did so."""
+    token = _token()
+    if "RAY_AUTH_MODE" not in os.environ and (token or default):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        RayConfig.initialize("")  # Ray reads the mode once; make this process see it now
+    return token
+
+
+def _check_token(address: str, token: str | None) -> None:
+    """Ask the cluster whether it accepts this driver's token (a gRPC call that answers at once);
+    ray.init would retry a refused one for 20 s and then say only that it cannot connect."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    with grpc.insecure_channel(address) as channel:
+        try:
+            NodeInfoGcsServiceStub(channel).GetClusterId(GetClusterIdRequest(), timeout=10, metadata=metadata)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                problem = "refused this driver's token" if token else "requires a token and none was found"
+                raise AuthenticationFailed(
+                    f"the Ray cluster at {address} {problem}: set RAY_AUTH_TOKEN to the cluster's "
+                    "token (`ray get-auth-token` on its head node prints it) or put it in ~/.ray/auth_token"
+                ) from None
+            # Anything else is for ray.init to judge and report.
 
 
 def _check_reachable(address: str) -> None:
@@ -96,16 +199,22 @@ def fan_out(
     calls: Sequence[tuple[Any, ...]],
     *,
     label: str,
-    progress: Progress = log.info,
+    names: Sequence[str] | None = None,
+    progress: Progress | None = None,
 ) -> FanOut[T]:
-    """Run fn(*args) for every args tuple as Ray tasks, reporting progress as they finish.
+    """Run fn(*args) for every args tuple as Ray tasks, reporting progress as they finish. Each
+    task shows on the Ray dashboard under its name (`names`, else `label`).
 
     A task whose worker dies is retried by Ray (max_retries); an exception raised by fn is a bug
     or bad input that fn did not handle, and is re-raised here.
     """
-    remote = ray.remote(_on_node).options(max_retries=3, name=label)
+    progress = progress or Progress()
+    remote = ray.remote(max_retries=3)(_on_node)
     started = time.perf_counter()
-    index = {remote.remote(fn, args): i for i, args in enumerate(calls)}
+    index = {
+        remote.options(name=names[i] if names else label).remote(fn, args): i for i, args in enumerate(calls)
+    }
+    progress.tasks(label, 0, len(calls))
     results: list[Any] = [None] * len(calls)
     nodes: Counter[str] = Counter()
     pending = list(index)
@@ -116,6 +225,7 @@ def fan_out(
             node, results[index[ref]] = ray.get(ref)
             nodes[node] += 1
         done_count += len(done)
+        progress.tasks(label, done_count, len(calls))
         if done_count / len(calls) >= next_report or not pending:
             elapsed = time.perf_counter() - started
             progress(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 from collections import Counter
-from pathlib import Path
+from typing import Any
 
 from compute.layout import Layout
 from compute.results import (
@@ -17,7 +18,6 @@ from compute.results import (
     TrainMetrics,
 )
 from compute.sources import Listing
-from compute.storage import is_local
 
 
 class CountMismatch(AssertionError):
@@ -69,12 +69,28 @@ def build_ingest_report(
     )
 
 
-def ingest_markdown(report: IngestReport) -> str:
-    """A short human summary of the report, for the Prefect UI and the console."""
+def metadata_gap(report: IngestReport, layout: Layout) -> str | None:
+    """A warning when ingested symbols have no metadata row (their Security Name is null)."""
+    missing = report.symbols_without_metadata
+    if not missing:
+        return None
+    shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
+    return (
+        f"{len(missing):,} of {report.files.ingested:,} ingested symbols have no row in the metadata "
+        f"file, so their Security Name is null: {shown} (all of them: symbols_without_metadata in "
+        f"{layout.ingest_report})"
+    )
+
+
+def ingest_markdown(report: IngestReport, layout: Layout) -> str:
+    """A short human summary of the report, for the Prefect UI."""
     files, rows = report.files, report.rows
+    gap = metadata_gap(report, layout)
     lines = [
         f"# Ingest report: `{report.source}`",
         "",
+        *([f"**Warning:** {gap}", ""] if gap else []),
+        *([f"**Warning:** {report.metadata_warning}", ""] if report.metadata_warning else []),
         "| files seen | ingested | failed | rows read | kept | quarantined | in failed files |",
         "|---:|---:|---:|---:|---:|---:|---:|",
         f"| {files.seen:,} | {files.ingested:,} | {files.failed:,} | {rows.read:,} "
@@ -89,10 +105,6 @@ def ingest_markdown(report: IngestReport) -> str:
         lines += ["| failed file | reason |", "|---|---|"]
         lines += [f"| {f.file} | {f.reason} |" for f in report.failed_files[:50]]
         lines.append("")
-    if report.symbols_without_metadata:
-        lines.append("Symbols without metadata: " + ", ".join(report.symbols_without_metadata[:50]))
-    if report.metadata_warning:
-        lines.append(f"Metadata: {report.metadata_warning}")
     zero = report.warnings.zero_price_rows_kept
     if zero:
         lines.append(
@@ -101,8 +113,24 @@ def ingest_markdown(report: IngestReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def training_markdown(metrics: TrainMetrics, layout: Layout) -> str:
-    """Model vs baseline on the time holdout (and the random split), with links to the plots."""
+def ingest_problems(report: IngestReport) -> list[dict[str, Any]]:
+    """Failed files and quarantined rows by reason, as one table (a Prefect table artifact)."""
+    table: list[dict[str, Any]] = [
+        {"kind": "quarantined rows", "name": reason, "reason": reason, "rows": count}
+        for reason, count in report.quarantined_by_reason.items()
+    ]
+    table += [
+        {"kind": "failed file", "name": f.file, "reason": f.reason, "rows": f.rows}
+        for f in report.failed_files
+    ]
+    return table or [
+        {"kind": "none", "name": "", "reason": "every file ingested, no row quarantined", "rows": 0}
+    ]
+
+
+def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
+    """Model vs baseline on the time holdout (and the random split), with the plots inline (PNG
+    data URIs: a browser will not open a file:// link from the Prefect UI)."""
     split = metrics.time_split
     rows = [("model, time holdout", split.model), ("baseline, time holdout", split.baseline)]
     if metrics.random_split:
@@ -120,7 +148,11 @@ def training_markdown(metrics: TrainMetrics, layout: Layout) -> str:
         f"fit {metrics.timing.ray_train_fit_seconds:.1f} s.",
         "",
     ]
-    for where in (layout.learning_curve, layout.predicted_vs_actual):
-        name = where.rsplit("/", 1)[-1]
-        lines.append(f"- [{name}]({Path(where).as_uri() if is_local(where) else where})")
+    for title, png in plots.items():
+        lines += [
+            f"## {title}",
+            "",
+            f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})",
+            "",
+        ]
     return "\n".join(lines) + "\n"

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_file_bytes: int = 64 * 1024 * 1024
     # Rebuild every stage even when its inputs, code and settings are unchanged since the last run.
     force: bool = False
+    # A second run on the same output waits for the first (True) or refuses at once (False).
+    wait: bool = True
 
     # Where `stockpipe download` and kaggle: sources keep the dataset zip.
     download_dir: Path = Path("data/downloads")

@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from compute import cluster, publish, storage
+from compute import cluster, lock, publish, storage
 from compute.cluster import Progress
 from compute.layout import Layout
 from compute.publish import Manifest, Part, Staging
@@ -55,11 +56,12 @@ class Built(Generic[R]):
 
 @dataclass(frozen=True)
 class Artifact:
-    """What a stage shows in the Prefect UI (a markdown artifact)."""
+    """What a stage shows in the Prefect UI: a markdown or a table artifact."""
 
     key: str
-    markdown: str
     description: str
+    markdown: str | None = None
+    table: list[dict[str, Any]] | None = None
 
 
 class Stage(ABC, Generic[P, R]):
@@ -69,9 +71,9 @@ class Stage(ABC, Generic[P, R]):
     uses_ray: ClassVar[bool] = True
     result_file: ClassVar[str | None] = None  # the result as JSON, published in the first output
 
-    def __init__(self, settings: Settings, progress: Progress | None = None) -> None:
+    def __init__(self, settings: Settings, progress: Progress | Callable[[str], None] | None = None) -> None:
         self.settings = settings
-        self.progress = progress or log.info
+        self.progress = Progress.of(progress)
         self.layout = Layout(settings.out)
 
     def outputs(self) -> tuple[str, ...]:
@@ -99,8 +101,8 @@ class Stage(ABC, Generic[P, R]):
     def report(self, result: R) -> None:
         """Write files derived from the result, after the publish (and after a reuse)."""
 
-    def artifact(self, result: R) -> Artifact | None:
-        return None
+    def artifacts(self, result: R) -> list[Artifact]:
+        return []
 
     def describe(self, result: R) -> list[str]:
         """What the command line prints about the result."""
@@ -116,7 +118,13 @@ def unchanged_parts(previous: Manifest | None, inputs: dict[str, str]) -> dict[s
 
 
 def run(stage: Stage[P, R]) -> R:
-    """Plan, reuse or build, publish and report one stage; return its typed result."""
+    """Plan, reuse or build, publish and report one stage; return its typed result. The stage holds
+    its output's lock throughout (a flow run holds it already for all its stages)."""
+    with lock.hold(stage.settings.out, wait=stage.settings.wait, say=stage.progress):
+        return _run(stage)
+
+
+def _run(stage: Stage[P, R]) -> R:
     started = time.perf_counter()
     settings, outputs = stage.settings, stage.outputs()
     previous = publish.read_manifest(outputs[0]) if outputs and not settings.force else None
@@ -129,7 +137,7 @@ def run(stage: Stage[P, R]) -> R:
 
     if stage.uses_ray:
         started += cluster.connect(settings, stage.progress)  # the stage's time excludes Ray's start
-    for folder in outputs:
+    for folder in outputs:  # what killed runs left: no live run owns it, since this one holds the lock
         publish.remove_leftovers(folder)
     staging = [Staging(folder) for folder in outputs]
     try:

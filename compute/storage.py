@@ -227,6 +227,12 @@ def remove_dir(location: str) -> None:
         fs.delete_dir(path)
 
 
+def delete_file(location: str) -> None:
+    fs, path = resolve(location)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
+
+
 def make_dirs(location: str) -> None:
     fs, path = resolve(location)
     fs.create_dir(path, recursive=True)

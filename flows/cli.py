@@ -12,7 +12,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compute import download, publish, storage
+from compute import download, lock, publish, storage
+from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
 from compute.results import PipelineResult, StageResult
@@ -178,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="ADDRESS",
                 help="existing Ray cluster to run on (default: $RAY_ADDRESS, else start a local Ray)",
             )
+            sub.add_argument(
+                "--no-wait",
+                action="store_true",
+                help="if another run is writing the same --out, fail at once instead of waiting for it",
+            )
         if command.training:
             sub.add_argument(
                 "--device",
@@ -270,13 +276,28 @@ def main(argv: list[str] | None = None) -> int:
 def _run_flow(command: Command, args: argparse.Namespace, layout: Layout) -> int:
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+    settings = get_settings(
+        ray_address=args.ray_address, force=args.force or None, wait=False if args.no_wait else None
+    )
+    try:
+        with lock.hold(
+            layout.root, wait=settings.wait, say=lambda line: print(line, file=sys.stderr, flush=True)
+        ):
+            return _start_and_run(command, args, layout, settings)
+    except lock.OutputBusy as exc:
+        return _fail(f"{exc}; wait for it to finish, or leave out --no-wait to wait for it")
+
+
+def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, settings: Settings) -> int:
     from flows import pipeline, startup
 
-    settings = get_settings(ray_address=args.ray_address, force=args.force or None)
     first = getattr(layout, command.first_output or "")
     if settings.force or not publish.is_published(first):
         try:
             startup.start_prefect_and_ray(settings)
+        except AuthenticationFailed as exc:
+            return _fail(str(exc))
         except ConnectionError as exc:
             return _fail(f"cannot reach the Ray cluster at {settings.ray_address}: {exc}")
     parameters = {"out": layout.root, "ray_address": args.ray_address, "force": args.force}

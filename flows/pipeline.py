@@ -4,14 +4,17 @@ fan-out inside it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import TaskRun
+from prefect.runtime import flow_run
 from prefect.states import State
 
-from compute import download, stage
+from compute import download, lock, stage
 from compute.errors import is_transient
 from compute.results import (
     FeaturesReport,
@@ -23,6 +26,7 @@ from compute.results import (
 )
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 from compute.stages import Features, Ingest, Package, Train
+from flows.progress import StageProgress
 
 R = TypeVar("R", bound=StageResult)
 
@@ -39,12 +43,16 @@ STAGE_TASK = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": only
 
 
 def _run(stage_class: type[stage.Stage[Any, R]], settings: Settings) -> R:
-    current = stage_class(settings, get_run_logger().info)
-    result = stage.run(current)
-    if artifact := current.artifact(result):
-        create_markdown_artifact(
-            markdown=artifact.markdown, key=artifact.key, description=artifact.description
-        )
+    with StageProgress(stage_class.name) as progress:
+        current = stage_class(settings, progress)
+        result = stage.run(current)
+    for artifact in current.artifacts(result):
+        if artifact.table is not None:
+            create_table_artifact(table=artifact.table, key=artifact.key, description=artifact.description)
+        else:
+            create_markdown_artifact(
+                markdown=artifact.markdown or "", key=artifact.key, description=artifact.description
+            )
     return result
 
 
@@ -87,6 +95,13 @@ def _settings(
     return settings.model_copy(update={"source": fetch_dataset(dataset, settings)}) if dataset else settings
 
 
+@contextmanager
+def _holding(settings: Settings) -> Iterator[None]:
+    """The output's lock for the whole flow run: another run on it waits (or fails at once)."""
+    with lock.hold(settings.out, wait=settings.wait, flow_run=str(flow_run.id), say=get_run_logger().info):
+        yield
+
+
 @flow(name="stock-pipeline")
 def stock_pipeline(
     source: str = str(SAMPLE_SOURCE),
@@ -102,12 +117,13 @@ def stock_pipeline(
     settings = _settings(
         source, out, ray_address, force, train_device=train_device, train_rounds=train_rounds
     )
-    result = PipelineResult(ingest=ingest(settings))
-    result.features = features(settings)
-    if stop_after in ("train", "package"):
-        result.train = train(settings)
-    if stop_after == "package":
-        result.package = package(settings)
+    with _holding(settings):
+        result = PipelineResult(ingest=ingest(settings))
+        result.features = features(settings)
+        if stop_after in ("train", "package"):
+            result.train = train(settings)
+        if stop_after == "package":
+            result.package = package(settings)
     return result
 
 
@@ -115,12 +131,16 @@ def stock_pipeline(
 def ingest_flow(
     source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None, force: bool = False
 ) -> IngestReport:
-    return ingest(_settings(source, out, ray_address, force))
+    settings = _settings(source, out, ray_address, force)
+    with _holding(settings):
+        return ingest(settings)
 
 
 @flow(name="features-stage")
 def features_flow(out: str = "output", ray_address: str | None = None, force: bool = False) -> FeaturesReport:
-    return features(_settings(None, out, ray_address, force))
+    settings = _settings(None, out, ray_address, force)
+    with _holding(settings):
+        return features(settings)
 
 
 @flow(name="train-stage")
@@ -131,6 +151,6 @@ def train_flow(
     train_rounds: int | None = None,
     force: bool = False,
 ) -> TrainMetrics:
-    return train(
-        _settings(None, out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
-    )
+    settings = _settings(None, out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
+    with _holding(settings):
+        return train(settings)

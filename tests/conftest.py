@@ -8,6 +8,7 @@ every test there is marked `integration`. `make test` runs both.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -27,8 +28,10 @@ os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A private BentoML model and Bento store for the test session, never the user's ~/bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="stockpipe-bentoml-")
 
+# Imported once the environment above is set.
 from compute import download
 from compute.download import DEFAULT_DATASET
+from compute.lock import LOCK_FILE
 from compute.settings import SAMPLE_SOURCE
 
 SAMPLE = Path(SAMPLE_SOURCE)
@@ -43,6 +46,16 @@ def sample_zip(dest: Path) -> Path:
         for file in sorted(SAMPLE.rglob("*.csv")):
             archive.write(file, file.relative_to(SAMPLE).as_posix())
     return path
+
+
+# What a line that looks like an error or a traceback looks like: Python's, Prefect's and Ray's own
+# (C++ log lines carry " E " between the time and the process id).
+ERROR_LOOKING = re.compile(r"Traceback|\bERROR\b|\b[A-Za-z]+Error\b|\d E \d+ \d+\]")
+
+
+def leftovers(out: Path) -> list[str]:
+    """Hidden names beside an output's folders (staging, scratch), the run lock file aside."""
+    return sorted(p.name for p in out.glob(".*") if p.name != LOCK_FILE)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

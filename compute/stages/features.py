@@ -62,7 +62,11 @@ class Features(Stage[FeaturesPlan, FeaturesReport]):
         self.progress(f"features: {len(todo)} of {len(plan.parts)} stage-1 parts in {len(todo)} Ray tasks")
         stage2.carry_over(list(plan.carried))
         fanned = fan_out(
-            features_part, [(p, stage2.location) for p in todo], label="features", progress=self.progress
+            features_part,
+            [(p, stage2.location) for p in todo],
+            label="features",
+            names=[f"features {storage.basename(p)}" for p in todo],
+            progress=self.progress,
         )
         built = {
             storage.basename(p): Part(inputs=plan.inputs.get(storage.basename(p), ""), counts=counts)

@@ -20,7 +20,7 @@ from compute.cluster import cluster_cpus, fan_out
 from compute.layout import part_name, part_number
 from compute.parse import ingest_batch
 from compute.publish import Manifest, Part, Staging
-from compute.report import build_ingest_report, ingest_markdown
+from compute.report import build_ingest_report, ingest_markdown, ingest_problems, metadata_gap
 from compute.results import FileResult, IngestIncremental, IngestReport
 from compute.sources import Listing, Source, SourceFile, list_files, open_source, read_security_names
 from compute.stage import Artifact, Built, Plan, Stage, unchanged_parts
@@ -96,6 +96,8 @@ class Ingest(Stage[IngestPlan, IngestReport]):
                 for i, batch in enumerate(batches)
             ],
             label="ingest",
+            # Named by what each holds, so that a slow or failing batch can be found on the dashboard.
+            names=[f"ingest {b[0].symbol}..{b[-1].symbol} ({len(b)} files)" for b in batches],
             progress=self.progress,
         )  # fmt: skip
         parts = dict(plan.carried)
@@ -120,14 +122,23 @@ class Ingest(Stage[IngestPlan, IngestReport]):
     def report(self, result: IngestReport) -> None:
         write_json(result.to_json(), self.layout.ingest_report)
 
-    def artifact(self, result: IngestReport) -> Artifact:
-        return Artifact("ingest-report", ingest_markdown(result), "Ingest report")
+    def artifacts(self, result: IngestReport) -> list[Artifact]:
+        return [
+            Artifact("ingest-report", "Ingest report", markdown=ingest_markdown(result, self.layout)),
+            Artifact(
+                "ingest-problems",
+                "Failed files and quarantined rows by reason",
+                table=ingest_problems(result),
+            ),
+        ]
 
     def describe(self, result: IngestReport) -> list[str]:
         files, rows = result.files, result.rows
+        warnings = [w for w in (metadata_gap(result, self.layout), result.metadata_warning) if w]
         return [
             f"ingest: {files.ingested}/{files.seen} files, {rows.kept:,} rows kept, "
             f"{rows.quarantined:,} quarantined, {files.failed} files failed",
+            *[f"  warning: {w}" for w in warnings],
             f"  stage 1:    {self.layout.stage1}/",
             f"  quarantine: {self.layout.quarantine}/",
             f"  report:     {self.layout.ingest_report}",

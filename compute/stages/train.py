@@ -152,8 +152,12 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         storage.write_bytes(plots.learning_curve(self._history), self.layout.learning_curve)
         storage.write_bytes(plots.predicted_vs_actual(self._sample), self.layout.predicted_vs_actual)
 
-    def artifact(self, result: TrainMetrics) -> Artifact:
-        return Artifact("training-metrics", training_markdown(result, self.layout), "Model vs baseline")
+    def artifacts(self, result: TrainMetrics) -> list[Artifact]:
+        plots = {
+            "Learning curve": storage.read_bytes(self.layout.learning_curve),
+            "Predicted vs actual volume": storage.read_bytes(self.layout.predicted_vs_actual),
+        }
+        return [Artifact("training-metrics", "Model vs baseline", markdown=training_markdown(result, plots))]
 
     def describe(self, result: TrainMetrics) -> list[str]:
         split_, model, base = result.time_split, result.time_split.model, result.time_split.baseline

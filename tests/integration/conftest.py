@@ -3,8 +3,10 @@ and the flow run once on the embedded sample, whose outputs most tests read."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,3 +75,24 @@ def expected(sample_run: dict[str, Any]) -> dict[str, Any]:
     booster, metadata = contract.load(sample_run["out"] / "model")
     volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
     return {"m": m, "a": a, "volume": np.rint(volume).astype(np.int64)}
+
+
+@pytest.fixture(scope="session")
+def bad_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A source with every kind of broken file next to good ones."""
+    root = tmp_path_factory.mktemp("bad-source")
+    for kind in ("stocks", "etfs"):
+        (root / kind).mkdir()
+    for member in ["stocks/ATAC.csv", "stocks/ACC.csv", "etfs/AVDG.csv"]:
+        shutil.copy(SAMPLE / member, root / member)
+    meta = (SAMPLE / "symbols_valid_meta.csv").read_text().splitlines()
+    (root / "symbols_valid_meta.csv").write_text(
+        "\n".join(line for line in meta if ",AVDG," not in line) + "\n"
+    )
+    good = (SAMPLE / "stocks/ATAC.csv").read_bytes()
+    (root / "stocks/TRUNC.csv").write_bytes(good[: len(good) // 2 + 7])
+    (root / "stocks/BIN.csv").write_bytes(bytes(range(256)) * 4)
+    (root / "stocks/HDR.csv").write_text("Date,Price,Volume\n2020-01-01,1,2\n2020-01-02,1,2\n")
+    (root / "stocks/EMPTY.csv").write_bytes(b"")
+    (root / "stocks/bad name.csv").write_bytes(good)
+    return root

@@ -25,7 +25,7 @@ from compute.settings import Settings
 from compute.stage import run
 from compute.stages import Features, Ingest, Train
 from harness.procs import stop
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, leftovers
 
 
 def ingest_batch_dying_once(*args: Any) -> Any:
@@ -220,7 +220,7 @@ def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
     assert "reused: ingest, features" in finished.stdout
-    assert not list(out.glob(".*")), "a killed run's staging or scratch folders were left behind"
+    assert not leftovers(out), "a killed run's staging or scratch folders were left behind"
     for stage in ("stage1", "stage2", "quarantine"):
         assert stage_files(out, stage) == stage_files(sample_run["out"], stage), stage
     metrics = json.loads((out / "model" / "metrics.json").read_text())
@@ -286,4 +286,4 @@ def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
         reader.join()
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
     assert published()[2]["rounds"] == 9 and all(seen) and len(seen) > 10
-    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [], "leftovers remain"
+    assert not leftovers(out), "leftovers remain"

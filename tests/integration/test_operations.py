@@ -4,21 +4,26 @@ own servers on free loopback ports and stops every process it started by process
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from compute.settings import PROJECT_ROOT
 from harness.procs import free_port, stop
+from tests.conftest import ERROR_LOOKING
 
 BIN = Path(sys.executable).parent
 
@@ -63,26 +68,27 @@ def base_env(tmp: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A real `prefect server` with its own SQLite database in tmp_path."""
+def start_prefect_server(work: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    """A real `prefect server` with its own SQLite database in `work`; returns it and the
+    environment that points clients (and its own UI) at it."""
     port = free_port()
-    env = base_env(tmp_path)
+    env = base_env(work)
     env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_HOME=str(work / "prefect-home"),
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{tmp_path / 'prefect.db'}",
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{work / 'prefect.db'}",
     )
-    log = tmp_path / "server.log"
+    log = work / "server.log"
     server = spawn(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
     )
     try:
         health = f"http://127.0.0.1:{port}/api/health"
         wait_for(lambda: httpx.get(health, timeout=2).status_code == 200, "prefect server", server, log)
-        yield env
-    finally:
+    except BaseException:
         stop(server)
+        raise
+    return server, env
 
 
 def stop_worker(worker: subprocess.Popen) -> None:
@@ -94,32 +100,71 @@ def stop_worker(worker: subprocess.Popen) -> None:
     stop(worker)
 
 
-def test_deployment_runs_on_a_worker_from_a_real_server(
-    prefect_server: dict[str, str], tmp_path: Path
-) -> None:
-    env = {**prefect_server, "PWD": str(PROJECT_ROOT)}
-    prefect = str(BIN / "prefect")
-    run([prefect, "work-pool", "create", "stockpipe", "--type", "process"], env)
-    run([prefect, "--no-prompt", "deploy", "--all"], env)
-    listed = run([prefect, "deployment", "ls"], env).stdout
-    for name in ["stock-pipeline/sample", "stock-pipeline/daily", "ingest-stage/ingest", "train-stage/train"]:
-        assert name.split("/")[1] in listed, listed
+def api(env: dict[str, str], method: str, path: str, **body: Any) -> Any:
+    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body or None, timeout=30)
+    response.raise_for_status()
+    return response.json()
 
-    log = tmp_path / "worker.log"
-    worker = spawn([prefect, "worker", "start", "--pool", "stockpipe"], env, log)
+
+def flow_run_id(output: str) -> str:
+    found = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert found, output[-2000:]
+    return found.group(1)
+
+
+def wait_until_final(env: dict[str, str], run_id: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = api(env, "GET", f"/flow_runs/{run_id}")
+        if found["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return found
+        time.sleep(2)
+    raise TimeoutError(f"flow run {run_id} not finished after {timeout} s")
+
+
+def run_logs(env: dict[str, str], run_id: str) -> list[str]:
+    logs = api(env, "POST", "/logs/filter", logs={"flow_run_id": {"any_": [run_id]}}, limit=200)
+    return [entry["message"] for entry in logs]
+
+
+@pytest.fixture(scope="module")
+def deployment_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """`prefect deploy --all` on a real server, one worker, and two runs of stock-pipeline/sample
+    submitted at once on one output: the whole pipeline, and `stop_after=features`."""
+    work = tmp_path_factory.mktemp("deployments")
+    server, env = start_prefect_server(work)
+    env["PWD"] = str(PROJECT_ROOT)
+    prefect = str(BIN / "prefect")
+    worker = None
     try:
-        out = tmp_path / "out"
+        run([prefect, "work-pool", "create", "stockpipe", "--type", "process"], env)
+        run([prefect, "--no-prompt", "deploy", "--all"], env)
+        listed = run([prefect, "deployment", "ls"], env).stdout
+        worker = spawn([prefect, "worker", "start", "--pool", "stockpipe"], env, work / "worker.log")
+        out = work / "out"
+        submit = [prefect, "deployment", "run", "stock-pipeline/sample", "--param", f"out={out}"]
         started = time.monotonic()
-        result = run(
-            [prefect, "deployment", "run", "stock-pipeline/sample", "--param", f"out={out}",
-             "--watch", "--watch-timeout", "240"],
-            env,
-            timeout=300,
-        )  # fmt: skip
-        assert "Completed" in result.stdout, result.stdout[-2000:]
-        print(f"deployment run took {time.monotonic() - started:.1f} s")
+        whole = flow_run_id(run(submit, env).stdout)
+        features = flow_run_id(run([*submit, "--param", "stop_after=features"], env).stdout)
+        finished = {run_id: wait_until_final(env, run_id) for run_id in (whole, features)}
+        print(f"two deployment runs took {time.monotonic() - started:.1f} s")
+        yield {"env": env, "out": out, "listed": listed, "whole": whole, "features": features,
+               "finished": finished, "worker_log": work / "worker.log"}  # fmt: skip
     finally:
-        stop_worker(worker)
+        if worker:
+            stop_worker(worker)
+        stop(server)
+
+
+def test_deployments_from_prefect_yaml_are_registered(deployment_runs: dict[str, Any]) -> None:
+    for name in ["stock-pipeline/sample", "stock-pipeline/daily", "ingest-stage/ingest", "train-stage/train"]:
+        assert name.split("/")[1] in deployment_runs["listed"], deployment_runs["listed"]
+
+
+def test_two_deployment_runs_at_once_on_one_output_both_complete(deployment_runs: dict[str, Any]) -> None:
+    env, out = deployment_runs["env"], deployment_runs["out"]
+    for run_id, found in deployment_runs["finished"].items():
+        assert found["state"]["type"] == "COMPLETED", (run_id, found["state"], run_logs(env, run_id)[-20:])
     for path in [
         "stage1",
         "stage2",
@@ -129,7 +174,17 @@ def test_deployment_runs_on_a_worker_from_a_real_server(
         "model/metrics.json",
     ]:
         assert (out / path).exists(), path
-    assert "Completed" in log.read_text()
+    # Whichever the worker started second waited for the other, saying which flow run held the output.
+    logs = {run_id: run_logs(env, run_id) for run_id in deployment_runs["finished"]}
+    waited = [
+        run_id for run_id, lines in logs.items() if any(line.startswith("waiting for") for line in lines)
+    ]
+    assert len(waited) == 1, logs
+    other = next(run_id for run_id in logs if run_id not in waited)
+    assert any(f"Prefect flow run {other}" in line for line in logs[waited[0]]), logs[waited[0]]
+    for lines in logs.values():
+        assert not [line for line in lines if ERROR_LOOKING.search(line)], lines
+    assert "Completed" in deployment_runs["worker_log"].read_text()
 
 
 def ray_node(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -181,3 +236,93 @@ def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
     metrics = json.loads((out / "model" / "metrics.json").read_text())
     assert metrics["engine"]["workers"] == 2  # one Ray Train worker per 1-CPU node
     assert ingest["rows"]["kept"] == features["rows"]
+
+
+# --- what a person sees in the Prefect UI ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's, driven by Playwright), as a person's browser opens the UI."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium here (Debian: apt-get install chromium; .ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+# Without the background-networking flags Chromium keeps trying to reach Google's hosts.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                  "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+def artifact(env: dict[str, str], run_id: str, key: str) -> dict[str, Any]:
+    found = api(
+        env,
+        "POST",
+        "/artifacts/filter",
+        artifacts={"flow_run_id": {"any_": [run_id]}, "key": {"any_": [key]}},
+    )
+    assert len(found) == 1, (key, found)
+    return found[0]
+
+
+def open_artifact(browser: Any, env: dict[str, str], artifact_id: str) -> Any:
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{env['PREFECT_API_URL'].removesuffix('/api')}/artifacts/artifact/{artifact_id}")
+    return page
+
+
+def test_training_plots_show_inline_in_the_prefect_ui(
+    deployment_runs: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    env, out = deployment_runs["env"], deployment_runs["out"]
+    found = artifact(env, deployment_runs["whole"], "training-metrics")
+    page = open_artifact(browser, env, found["id"])
+    try:
+        page.wait_for_selector("img[src^='data:image/png;base64,']", timeout=30_000)
+        # Rendered and decoded by the browser, not just present in the markdown.
+        page.wait_for_function(
+            "[...document.images].filter(i => i.src.startsWith('data:image/png'))"
+            ".every(i => i.complete && i.naturalWidth > 100)",
+            timeout=30_000,
+        )
+        images = page.evaluate(
+            "[...document.images].filter(i => i.src.startsWith('data:image/png'))"
+            ".map(i => ({alt: i.alt, src: i.src, width: i.naturalWidth}))"
+        )
+        page.screenshot(path=str(tmp_path / "training-metrics.png"))
+        text = page.inner_text("body")
+    finally:
+        page.close()
+    shown = {image["alt"]: base64.b64decode(image["src"].split(",", 1)[1]) for image in images}
+    assert shown == {
+        "Learning curve": (out / "reports" / "learning_curve.png").read_bytes(),
+        "Predicted vs actual volume": (out / "reports" / "predicted_vs_actual.png").read_bytes(),
+    }
+    assert "model, time holdout" in text and "file://" not in found["data"]
+    assert (tmp_path / "training-metrics.png").stat().st_size > 50_000
+
+
+def test_ingest_problems_table_and_stage_progress_show_in_the_prefect_ui(
+    deployment_runs: dict[str, Any], browser: Any
+) -> None:
+    env, run_id = deployment_runs["env"], deployment_runs["whole"]
+    table = artifact(env, run_id, "ingest-problems")
+    assert table["type"] == "table"
+    page = open_artifact(browser, env, table["id"])
+    try:
+        page.wait_for_selector("table td", timeout=30_000)
+        cells = page.eval_on_selector_all("table td", "cells => cells.map(c => c.innerText.trim())")
+    finally:
+        page.close()
+    assert "quarantined rows" in cells and "empty_row" in cells and "5" in cells, cells
+    for stage in ("ingest", "features", "train"):
+        progress = artifact(env, run_id, f"{stage}-progress")
+        assert progress["type"] == "progress" and float(progress["data"]) == 100.0, progress

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import json
-import shutil
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
-import pytest
 
 from compute.schema import QUARANTINE, STAGE1
 from compute.settings import Settings
 from compute.stage import run
 from compute.stages import Features, Ingest
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, leftovers
 
 
 def test_flow_completes_with_every_output(sample_run: dict[str, Any]) -> None:
@@ -24,7 +23,7 @@ def test_flow_completes_with_every_output(sample_run: dict[str, Any]) -> None:
     for folder in ["stage1", "stage2", "quarantine"]:
         assert list((out / folder).glob("part-*.parquet")), folder
     assert (out / "reports" / "ingest.json").is_file()
-    assert not list(out.glob(".*")), "staging folders were left behind"
+    assert not leftovers(out), "staging folders were left behind"
 
 
 def test_stage1_has_exactly_the_contract_schema(sample_run: dict[str, Any]) -> None:
@@ -49,27 +48,6 @@ def test_sample_report_accounts_for_every_row(sample_run: dict[str, Any]) -> Non
     assert report["quarantined_by_reason"] == {"empty_row": 5}
     assert report["warnings"]["zero_price_rows_kept"]["Low"] > 0
     assert sample_run["result"].features.rows == rows["kept"]
-
-
-@pytest.fixture(scope="module")
-def bad_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A source with every kind of broken file next to good ones."""
-    root = tmp_path_factory.mktemp("bad-source")
-    for kind in ("stocks", "etfs"):
-        (root / kind).mkdir()
-    for member in ["stocks/ATAC.csv", "stocks/ACC.csv", "etfs/AVDG.csv"]:
-        shutil.copy(SAMPLE / member, root / member)
-    meta = (SAMPLE / "symbols_valid_meta.csv").read_text().splitlines()
-    (root / "symbols_valid_meta.csv").write_text(
-        "\n".join(line for line in meta if ",AVDG," not in line) + "\n"
-    )
-    good = (SAMPLE / "stocks/ATAC.csv").read_bytes()
-    (root / "stocks/TRUNC.csv").write_bytes(good[: len(good) // 2 + 7])
-    (root / "stocks/BIN.csv").write_bytes(bytes(range(256)) * 4)
-    (root / "stocks/HDR.csv").write_text("Date,Price,Volume\n2020-01-01,1,2\n2020-01-02,1,2\n")
-    (root / "stocks/EMPTY.csv").write_bytes(b"")
-    (root / "stocks/bad name.csv").write_bytes(good)
-    return root
 
 
 def test_bad_files_are_reported_and_the_run_goes_on(
@@ -118,3 +96,17 @@ def test_rerun_replaces_previous_outputs(ray_session: str | None, bad_source: Pa
     run(Ingest(Settings(out=tmp_path, source=str(SAMPLE))))
     report = run(Ingest(Settings(out=tmp_path, source=str(bad_source))))
     assert pq.read_table(tmp_path / "stage1").num_rows == report.rows.kept
+
+
+def test_ray_tasks_are_named_by_what_they_hold(ray_session: str | None, sample_run: dict[str, Any]) -> None:
+    """On the Ray dashboard each ingest task shows its first and last symbol and file count, each
+    features task its part, so that a slow or failing batch can be found."""
+    from ray.util.state import list_tasks
+
+    tasks = list_tasks(address=ray_session, filters=[("type", "=", "NORMAL_TASK")], limit=10_000)
+    names = {t.name for t in tasks}
+    ingest = sorted(n for n in names if n.startswith("ingest "))
+    assert ingest and all(
+        re.fullmatch(r"ingest [A-Z0-9.\-$#]+\.\.[A-Z0-9.\-$#]+ \(\d+ files\)", n) for n in ingest
+    )
+    assert {f"features {p.name}" for p in (sample_run["out"] / "stage2").glob("part-*")} <= names

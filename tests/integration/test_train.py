@@ -15,6 +15,7 @@ from compute import model as contract
 from compute.metrics import ErrorSums
 from compute.schema import FEATURE_COLUMNS
 from compute.settings import Settings
+from tests.conftest import leftovers
 
 
 def test_training_writes_model_metadata_metrics_log_and_plots(sample_run: dict[str, Any]) -> None:
@@ -23,7 +24,7 @@ def test_training_writes_model_metadata_metrics_log_and_plots(sample_run: dict[s
                  "reports/learning_curve.png", "reports/predicted_vs_actual.png"]:  # fmt: skip
         assert (out / path).is_file() and (out / path).stat().st_size > 0, path
     assert (out / "model" / "model.bin").read_bytes()[:1] == b"{"  # UBJSON object, not a pickle
-    assert not list((out / "model").glob("*.pkl")) and not list(out.glob(".*"))  # no scratch space left
+    assert not list((out / "model").glob("*.pkl")) and not leftovers(out)  # no scratch space left
 
 
 def test_every_boosting_round_is_logged(sample_run: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from compute import publish
+from compute.lock import LOCK_FILE
 from compute.publish import Manifest, Part, Staging
 from compute.results import StageResult
 from compute.settings import Settings
@@ -101,4 +102,4 @@ def test_a_failed_build_leaves_the_published_output_and_nothing_else(texts: Path
     with pytest.raises(ValueError, match="empty text"):
         run(CountWords(settings))
     assert sorted((tmp_path / "out" / "counts").iterdir()) == published
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["counts"], "staging left behind"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LOCK_FILE, "counts"], "staging left"
