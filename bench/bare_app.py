@@ -3,7 +3,8 @@ app on uvicorn, with none of BentoML's machinery (no validation bounds beyond ty
 
     python -m bench.bare_app --model output/model --port 3100 [--workers N]
 
-One worker process per CPU by default, as the BentoML service runs.
+One worker process per CPU by default, each accepting one connection at a time, as the BentoML
+service runs.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ if __name__ == "__main__":
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     os.environ["BARE_APP_MODEL"] = str(Path(args.model).resolve())
+    os.environ.setdefault("UV_TCP_SINGLE_ACCEPT", "1")  # as bento/service.py: connections spread over workers
     uvicorn.run(
         "bench.bare_app:from_env",
         factory=True,

@@ -1,26 +1,28 @@
-"""Serving throughput and latency over loopback, for a model trained into --out.
+"""Serving throughput and latency over loopback, measured with wrk (C, one event-loop thread), for
+a model trained into --out.
 
-    python -m bench.serve --out output [--seconds 10] [--concurrency 1 8 32]
+    python -m bench.serve --out output [--seconds 10] [--concurrency 1 8 32] [--repeat 1]
     python -m bench.serve --out output --soak 60      # load test: errors and memory growth
 
 Starts `stockpipe serve` (BentoML) and, as the reference, a bare FastAPI + uvicorn app serving the
-same booster through the same code; for each: GET /predict at each concurrency for a bounded time
-(requests/s, p50, p99, errors), then POST /predict_batch with 100,000-row batches (rows/s).
-The load generator (aiohttp) runs on the same 2 cores as the server, so it takes a share of them.
+same booster through the same code (bench/bare_app.py), both with one worker per CPU. For each
+concurrency, GET /predict on one server and then the other, for a bounded time: requests/s, p50,
+p99, p99.9, errors, and BentoML's ratio to the bare app. Then POST /predict_batch with
+100,000-row batches (rows/s). wrk runs on the same cores as the servers, as a client on the same
+host would. wrk is Debian's package; the bench installs it (apt-get) where it can.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 import psutil
 
@@ -28,96 +30,100 @@ from harness.procs import free_port, start_server, stop
 from harness.proctree import tree_pss
 
 BATCH_ROWS = 100_000
+QUERY = "/predict?vol_moving_avg=51318&adj_close_rolling_med=216"
+# wrk's Lua hook: the numbers as one JSON line, latencies in microseconds.
+REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "seconds": %f, "p50": %f, "p99": %f, "p999": %f, ' ..
+    '"max": %f, "non_2xx": %d, "socket_errors": %d}\\n', summary.requests, summary.duration / 1e6,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max,
+    e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+POST_BODY = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local file = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.body = file:read("*a")
+file:close()
+"""
 
 
-async def get_load(url: str, concurrency: int, seconds: float) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    params = {"vol_moving_avg": "51318", "adj_close_rolling_med": "216"}
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            started = time.perf_counter()
-            async with session.get(f"{url}/predict", params=params) as response:
-                await response.read()
-                if response.status != 200:
-                    errors += 1
-            latencies.append(time.perf_counter() - started)
-
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "errors": errors,
-        "requests": len(latencies),
-    }
+def require_wrk() -> str:
+    """wrk, installed from Debian's packages if it is missing and this is root."""
+    if not shutil.which("wrk") and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], capture_output=True, check=False)
+    found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("bench.serve needs wrk: apt-get install wrk")
+    return found
 
 
-async def batch_load(url: str, seconds: float) -> float:
+def wrk(url: str, connections: int, seconds: float, script: str, env: dict[str, str] | None = None) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        lua.write(script + REPORT)
+        lua.flush()
+        command = [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds:.0f}s",
+            "--timeout",
+            "10s",
+            "-s",
+            lua.name,
+            url,
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    stats["rps"] = stats["requests"] / stats["seconds"]
+    return stats
+
+
+def line(name: str, what: str, r: dict, reference: dict | None = None) -> str:
+    ratio = f"  {r['rps'] / reference['rps']:.2f}x bare" if reference else ""
+    return (
+        f"{name:8} {what:22} {r['rps']:8,.0f} req/s  p50 {r['p50'] / 1000:6.2f} ms  "
+        f"p99 {r['p99'] / 1000:7.2f} ms  p99.9 {r['p999'] / 1000:7.2f} ms  "
+        f"non-2xx {r['non_2xx']}  socket errors {r['socket_errors']}{ratio}"
+    )
+
+
+def batch_body(folder: Path) -> Path:
     rng = np.random.default_rng(0)
-    body = json.dumps(
-        {
-            "vol_moving_avg": rng.lognormal(12, 2, BATCH_ROWS).tolist(),
-            "adj_close_rolling_med": rng.lognormal(3, 1, BATCH_ROWS).tolist(),
-        }
-    ).encode()
-    headers = {"content-type": "application/json"}
-    rows = 0
-    async with aiohttp.ClientSession() as session:
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            async with session.post(f"{url}/predict_batch", data=body, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"/predict_batch answered {response.status}")
-            rows += BATCH_ROWS
-        return rows / (time.perf_counter() - started)
+    body = folder / "batch.json"
+    body.write_text(json.dumps({
+        "vol_moving_avg": rng.lognormal(12, 2, BATCH_ROWS).tolist(),
+        "adj_close_rolling_med": rng.lognormal(3, 1, BATCH_ROWS).tolist(),
+    }))  # fmt: skip
+    return body
 
 
-def measure(name: str, url: str, concurrencies: list[int], seconds: float) -> None:
-    for concurrency in concurrencies:
-        r = asyncio.run(get_load(url, concurrency, seconds))
-        print(
-            f"{name:10} GET /predict  c={concurrency:<3} {r['rps']:8,.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
-            f"p99 {r['p99_ms']:6.2f} ms  errors {r['errors']}/{r['requests']}",
-            flush=True,
-        )
-    print(f"{name:10} POST /predict_batch  {asyncio.run(batch_load(url, seconds)):12,.0f} rows/s", flush=True)
-
-
-def soak(url: str, process: subprocess.Popen, seconds: float, concurrency: int = 32) -> None:
-    """A bounded load test: GET /predict for `seconds`, in 30-second windows, with the server's
-    memory after each window (growth that continues window after window would be a leak)."""
-    asyncio.run(get_load(url, concurrency, 5))  # warm up: first requests allocate caches
+def soak(url: str, process: subprocess.Popen, seconds: float, connections: int = 32) -> None:
+    """A bounded load test with wrk: GET /predict at c=32 for `seconds`, in 30-second windows,
+    with the server's memory (PSS of its process tree) after warm-up and after each window."""
+    wrk(url + QUERY, connections, 10, "")  # warm-up: the first requests allocate caches
     mib = 2**20
     memory = [tree_pss(psutil.Process(process.pid))]
-    totals = {"requests": 0, "errors": 0, "p99_ms": 0.0}
+    totals = {"requests": 0, "non_2xx": 0, "socket_errors": 0}
+    worst = 0.0
     windows = max(round(seconds / 30), 1)
     for i in range(windows):
-        r = asyncio.run(get_load(url, concurrency, seconds / windows))
+        r = wrk(url + QUERY, connections, seconds / windows, "")
         memory.append(tree_pss(psutil.Process(process.pid)))
-        totals["requests"] += r["requests"]
-        totals["errors"] += r["errors"]
-        totals["p99_ms"] = max(totals["p99_ms"], r["p99_ms"])
-        print(
-            f"  window {i + 1}/{windows}: {r['rps']:,.0f} req/s, p50 {r['p50_ms']:.2f} ms, "
-            f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors; server memory {memory[-1] / mib:,.1f} MiB",
-            flush=True,
-        )
+        for key in totals:
+            totals[key] += r[key]
+        worst = max(worst, r["p99"])
+        print(f"  window {i + 1}/{windows}: {line('bentoml', '', r)}; memory {memory[-1] / mib:,.1f} MiB")
+    growth = 100 * (max(memory[1:]) - memory[0]) / memory[0]
     print(
-        f"soak {seconds:.0f} s, c={concurrency}: {totals['requests']:,} requests, {totals['errors']} errors, "
-        f"{totals['requests'] / seconds:,.0f} req/s, worst window p99 {totals['p99_ms']:.2f} ms; server "
-        f"memory (PSS) {memory[0] / mib:,.1f} MiB after warm-up, "
-        + " -> ".join(f"{m / mib:,.0f}" for m in memory[1:])
-        + " MiB",
+        f"soak {seconds:.0f} s, c={connections}: {totals['requests']:,} requests, "
+        f"{totals['non_2xx']} non-2xx, {totals['socket_errors']} socket errors, "
+        f"worst window p99 {worst / 1000:.2f} ms; server memory (PSS) "
+        f"{memory[0] / mib:,.1f} MiB after warm-up, then "
+        + " -> ".join(f"{m / mib:,.1f}" for m in memory[1:])
+        + f" MiB ({growth:+.1f}%)",
         flush=True,
     )
 
@@ -129,38 +135,53 @@ def main() -> None:
     parser.add_argument("--out", default="output", help="folder holding model/ (default ./output)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--repeat", type=int, default=1, help="measure every level this many times")
     parser.add_argument(
-        "--soak",
-        type=float,
-        default=0,
-        metavar="SECONDS",
-        help="instead: load-test BentoML at c=32, with memory",
+        "--soak", type=float, default=0, metavar="SECONDS", help="instead: a load test at c=32"
     )
+    parser.add_argument("--access-log", action="store_true", help="serve with BentoML's access log on")
     args = parser.parse_args()
+    require_wrk()
     model = Path(args.out) / "model"
     if not (model / "model.bin").is_file():
         parser.error(f"no model in {model}: run `stockpipe run --out {args.out}` first")
 
     logs = Path(tempfile.mkdtemp(prefix="bench-serve-"))
-    if args.soak:
-        port = free_port()
-        command = [sys.executable, "-m", "flows.cli", "serve", "--out", args.out, "--port", str(port)]
-        url, process = start_server(command, port, logs / "soak.log")
-        try:
-            soak(url, process, args.soak)
-        finally:
-            stop(process)
-        return
-    servers = {
-        "bentoml": [sys.executable, "-m", "flows.cli", "serve", "--out", args.out, "--port"],
+    commands = {
+        "bentoml": [
+            sys.executable,
+            "-m",
+            "flows.cli",
+            "serve",
+            "--out",
+            args.out,
+            *(["--access-log"] if args.access_log else []),
+            "--port",
+        ],
         "bare": [sys.executable, "-m", "bench.bare_app", "--model", str(model), "--port"],
     }
-    for name, command in servers.items():
-        port = free_port()
-        url, process = start_server([*command, str(port)], port, logs / f"{name}.log")
-        try:
-            measure(name, url, args.concurrency, args.seconds)
-        finally:
+    servers: dict[str, tuple[str, subprocess.Popen]] = {}
+    try:
+        for name, command in commands.items():
+            port = free_port()
+            servers[name] = start_server([*command, str(port)], port, logs / f"{name}.log")
+        if args.soak:
+            url, process = servers["bentoml"]
+            soak(url, process, args.soak)
+            return
+        time.sleep(2)
+        for _ in range(args.repeat):
+            for c in args.concurrency:
+                results = {name: wrk(url + QUERY, c, args.seconds, "") for name, (url, _) in servers.items()}
+                print(line("bare", f"GET /predict c={c}", results["bare"]), flush=True)
+                print(line("bentoml", f"GET /predict c={c}", results["bentoml"], results["bare"]), flush=True)
+        env = {"BENCH_BODY": str(batch_body(logs))}
+        for name, (url, _) in servers.items():
+            r = wrk(url + "/predict_batch", 1, args.seconds, POST_BODY, env)
+            rows = r["rps"] * BATCH_ROWS
+            print(f"{name:8} POST /predict_batch      {rows:12,.0f} rows/s  non-2xx {r['non_2xx']}")
+    finally:
+        for _, process in servers.values():
             stop(process)
 
 

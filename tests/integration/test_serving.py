@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,10 +66,20 @@ BAD_SINGLE = [
 ]
 
 
-def assert_clear_4xx(r: httpx.Response, field: str, problem: str) -> None:
-    assert 400 <= r.status_code < 500, (r.status_code, r.text)
-    assert field in r.text and problem in r.text, r.text
+def assert_error_body(r: httpx.Response) -> dict[str, Any]:
+    """The one error body every route answers: a message, and each problem with its field."""
+    body = r.json()
+    assert set(body) == {"error", "problems"} and isinstance(body["error"], str) and body["error"], body
+    assert all(set(p) == {"field", "problem"} for p in body["problems"]), body
     assert "Traceback" not in r.text and 'File "' not in r.text
+    return body
+
+
+def assert_clear_4xx(r: httpx.Response, field: str, problem: str) -> None:
+    assert r.status_code == 400, (r.status_code, r.text)
+    body = assert_error_body(r)
+    assert field in r.text and problem in r.text, r.text
+    assert any(field in p["field"] or field in p["problem"] for p in body["problems"]), body
 
 
 @pytest.mark.parametrize(("params", "field", "problem"), BAD_SINGLE)
@@ -121,11 +133,84 @@ def test_batch_over_the_limit_is_refused(served: str) -> None:
 
 def test_readiness_and_openapi_list_every_route(served: str) -> None:
     assert httpx.get(f"{served}/readyz").status_code == 200
-    paths = httpx.get(f"{served}/docs.json").json()["paths"]
+    document = httpx.get(f"{served}/docs.json").json()
+    paths = document["paths"]
     assert set(paths["/predict"]) == {"get", "post"}
-    assert set(paths["/predict_batch"]) == {"post"}
+    assert set(paths["/predict_batch"]) == {"post"} and set(paths["/model"]) == {"get"}
     params = {p["name"] for p in paths["/predict"]["get"]["parameters"]}
     assert params == {"vol_moving_avg", "adj_close_rolling_med"}
+    # Every prediction route documents what it really answers: 200, 400 with the error body, and
+    # the same body for anything else; not FastAPI's 422, which it never sends.
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, method in [("/predict", "get"), ("/predict", "post"), ("/predict_batch", "post")]:
+        responses = paths[path][method]["responses"]
+        assert set(responses) == {"200", "400", "default"}, (path, method, responses)
+        for status in ("400", "default"):
+            assert responses[status]["content"]["application/json"]["schema"] == error_body
+    assert set(document["components"]["schemas"]["ErrorBody"]["properties"]) == {"error", "problems"}
+
+
+def test_another_method_is_a_405_in_the_same_shape_with_the_methods_it_takes(served: str) -> None:
+    r = httpx.put(f"{served}/predict", json={})
+    assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
+    assert assert_error_body(r)["problems"] == []
+
+
+def test_model_says_which_model_answers(sample_run: dict[str, Any], served: str) -> None:
+    out = sample_run["out"]
+    metadata = json.loads((out / "model" / "model.json").read_text())
+    info = httpx.get(f"{served}/model").json()
+    assert info["tag"] == sample_run["result"].package.model
+    assert info["features"] == ["vol_moving_avg", "adj_close_rolling_med"]
+    assert info["target_transform"] == metadata["target_transform"] == "ratio_to_vol_moving_avg"
+    assert info["training_window"] == metadata["training_window"]
+    assert info["holdout"] == {
+        "cutoff": metadata["holdout_cutoff"],
+        "model": metadata["metrics"]["time_split"],
+        "baseline": metadata["metrics"]["baseline"],
+    }
+    assert info["trained"] == metadata["created"] and info["model_sha256"] == metadata["model_sha256"]
+
+
+def test_the_bentoml_client_gets_what_curl_gets(served: str, expected: dict[str, np.ndarray]) -> None:
+    """bentoml.SyncHTTPClient, as a Python user would call the service, against plain HTTP."""
+    import bentoml
+
+    body = {"vol_moving_avg": expected["m"].tolist(), "adj_close_rolling_med": expected["a"].tolist()}
+    one = {"vol_moving_avg": 51318.0, "adj_close_rolling_med": 216.0}
+    with bentoml.SyncHTTPClient(served) as client:
+        assert client.is_ready()
+        batch = client.request("POST", "/predict_batch", json=body)
+        single = client.request("POST", "/predict", json=one)
+        bad = client.request("POST", "/predict", json={**one, "vol_moving_avg": -1})
+    assert (
+        batch.json() == expected["volume"].tolist() == httpx.post(f"{served}/predict_batch", json=body).json()
+    )
+    assert (
+        single.json()
+        == httpx.post(f"{served}/predict", json=one).json()
+        == httpx.get(f"{served}/predict", params=one).json()
+    )
+    assert (
+        bad.status_code == 400
+        and bad.json() == httpx.post(f"{served}/predict", json={**one, "vol_moving_avg": -1}).json()
+    )
+
+
+def schemathesis(url: str, log: Path) -> None:
+    """The OpenAPI document is the contract: schemathesis fuzzes every route from it with every
+    check it has, seeded and bounded; 0 failures."""
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks"}
+    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json",
+               "--checks", "all", "--seed", "1", "--max-examples", "60", "--workers", "1"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    log.write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, result.stdout[-5000:]
+    assert "No issues found" in result.stdout
+
+
+def test_the_openapi_contract_holds_under_schemathesis(served: str, tmp_path: Path) -> None:
+    schemathesis(served, tmp_path / "schemathesis.log")
 
 
 def test_built_bento_serves_the_same_answers(
@@ -140,6 +225,9 @@ def test_built_bento_serves_the_same_answers(
         assert httpx.post(f"{url}/predict_batch", json=body).json() == expected["volume"].tolist()
         r = httpx.get(f"{url}/predict", params={"vol_moving_avg": 51318, "adj_close_rolling_med": 216})
         assert r.status_code == 200 and not math.isnan(r.json())
+        # The Bento recorded the model it was built with, and holds to the same contract.
+        assert httpx.get(f"{url}/model").json()["tag"] == sample_run["result"].package.model
+        schemathesis(url, tmp_path / "schemathesis.log")
     finally:
         stop(process)
 
@@ -159,8 +247,8 @@ def assert_answer_or_clear_4xx(r: httpx.Response) -> None:
     if r.status_code == 200:
         assert isinstance(r.json(), int | list)
     else:
-        assert 400 <= r.status_code < 500 and r.json().get("error"), r.text[:500]
-        assert "Traceback" not in r.text
+        assert r.status_code == 400, r.text[:500]
+        assert_error_body(r)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
