@@ -7,7 +7,7 @@ SOURCE ?= data/sample
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup run test test-fast lint image clean
+.PHONY: setup bench-setup run test test-fast lint image clean
 
 $(BIN)/stockpipe: pyproject.toml constraints.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(BIN)/stockpipe: pyproject.toml constraints.txt
 	touch $@
 
 setup: $(BIN)/stockpipe
+
+# What the benchmarks (bench/) need besides: Polars for a reference, aiohttp; wrk comes from Debian.
+bench-setup: setup
+	$(BIN)/pip install -q -c constraints.txt -e '.[cpu,dev,bench]'
 
 run: setup
 	$(BIN)/stockpipe run --source $(SOURCE) --out $(OUT)

@@ -2,7 +2,9 @@
 references (pandas the seed's way, one Polars lazy query, and the pyarrow parse floor), on the
 same input in the same run, so the results are ratios, not absolute seconds on a noisy machine.
 
-    python -m bench.etl --source ../shared/data/stock-market-dataset-2021.zip [--scale 3]
+    python -m bench.etl --source stock-market-dataset-2021.zip [--scale 3]
+
+The references need the bench extra (Polars, aiohttp): `make bench-setup`.
 
 A zip is unpacked once (safely: only stocks/, etfs/ and the metadata) into bench/.cache/;
 `--scale N` builds, once, a dataset N times larger by linking every file under new symbol names
@@ -191,7 +193,12 @@ def main() -> None:
                 str(work / name),
             ]
             code, wall_ref, peak_ref = measure(ref)
-            rows.append((f"reference: {name}", wall_ref, peak_ref, "" if code == 0 else f"exit {code}"))
+            if code != 0:  # a ratio against a reference that did not run would be a lie
+                raise SystemExit(
+                    f"reference {name} failed with exit {code} (its output is above); the references "
+                    "need the bench extra: pip install -c constraints.txt -e '.[cpu,dev,bench]'"
+                )
+            rows.append((f"reference: {name}", wall_ref, peak_ref, ""))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

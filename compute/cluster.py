@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -83,6 +84,7 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
             context = ray.init(address=settings.ray_address, **quiet)
         else:
             _use_token(default=True)
+            _private_temp_dir()
             # address="local" never attaches to a cluster that happens to be running on this host.
             context = ray.init(
                 address="local",
@@ -102,6 +104,20 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
         logs = f"; Ray's own logs: {_logs}" if _logs else ""
         progress(f"Ray dashboard: {_dashboard_url}{_port_note} (token: `ray get-auth-token`){logs}")
     return seconds
+
+
+def _private_temp_dir() -> None:
+    """Give a local cluster a Ray temp folder of its own (Ray's RAY_TMPDIR; its processes inherit it).
+
+    Ray's state API, when a process does not say which cluster it means, reads
+    /tmp/ray/ray_current_cluster, which the last `ray start` on this machine wrote and which stays
+    behind it. Ray Train's placement-group cleaner asks the state API about its controller: with
+    that file pointing at another (or a dead) cluster, it hung until its 12 s stop timeout at the
+    end of every training, and logged a GetTimeoutError traceback."""
+    if "RAY_TMPDIR" not in os.environ:
+        folder = Path(tempfile.gettempdir()) / f"stockpipe-ray-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = str(folder)
 
 
 def _dashboard_port(settings: Settings) -> int:

@@ -162,6 +162,8 @@ class Timing(BaseModel):
     ray_train_fit_seconds: float
     boosting_seconds: float
     load_seconds: float
+    ray_train_start_seconds: float = 0.0
+    ray_train_stop_seconds: float = 0.0
     stage_seconds: float = 0.0
 
 

@@ -4,7 +4,7 @@ Memory is the sum of PSS (proportional set size) over the command and every desc
 raylet, GCS, dashboard and workers included), so shared pages such as Ray's object store are
 counted once, not once per process. Sampled every --interval seconds.
 
-    python -m bench.proctree -- stockpipe run --source data.zip --out /tmp/out
+    python -m harness.proctree -- stockpipe run --source data.zip --out /tmp/out
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ def fit_split(
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; results go to files in config['work_dir'] (shared storage)."""
+    began = time.time()  # wall clock, comparable with the driver's: Ray Train's start-up before it
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
     started = time.perf_counter()
@@ -106,6 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     work = config["work_dir"]
     result = {
         "rank": rank,
+        "began": began,
         "load_seconds": load_seconds,
         "rows": len(shard["volume"]),
         "train_dates": [str(shard["date"][~test].min()), str(shard["date"][~test].max())]
@@ -130,4 +132,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0:  # every worker holds the same model after collective training
         model_bytes = bytes(timed["booster"].save_raw(raw_format="ubj"))
         storage.write_bytes(model_bytes, storage.join(work, MODEL_FILE))
+    result["ended"] = time.time()  # Ray Train's shutdown comes after it
     storage.write_json(result, storage.join(work, f"rank-{rank}.json"))

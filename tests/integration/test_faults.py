@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -169,9 +170,13 @@ def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_pat
     metrics = run(Train(Settings(out=tmp_path)))
     assert metrics.reused
     assert metrics.time_split == sample_run["result"].train.time_split
-    changed = Settings(out=tmp_path, train_rounds=5, train_compare_random_split=False)
+    changed = Settings(out=tmp_path, train_rounds=5, train_compare_random_split=True)
     retrained = run(Train(changed))
     assert not retrained.reused and retrained.rounds == 5
+    # The random-split comparison, asked for: a second model on the same workers, for the report.
+    comparison = retrained.random_split
+    assert comparison is not None and comparison.train_rows + comparison.test_rows == retrained.rows.used
+    assert all(np.isfinite(list(comparison.model.model_dump().values())))
 
 
 def _run_until(command: list[str], env: dict[str, str], ready: Callable[[], bool], log: Path) -> bool:

@@ -43,8 +43,12 @@ def test_metrics_are_complete_and_consistent(sample_run: dict[str, Any]) -> None
     assert rows["used"] + rows["dropped_null_features"] == rows["stage2"]
     assert split["train_rows"] + split["test_rows"] == rows["used"]
     assert 0.15 < split["test_rows"] / rows["used"] < 0.25
-    for block in (split["model"], split["baseline"], metrics["random_split"]["model"]):
+    for block in (split["model"], split["baseline"]):
         assert set(block) == {"mae", "rmse", "r2", "mape_pct"} and all(np.isfinite(list(block.values())))
+    assert "random_split" not in metrics  # one fit unless the comparison is asked for
+    timing = metrics["timing"]
+    assert 0 < timing["ray_train_start_seconds"] < timing["ray_train_fit_seconds"]
+    assert 0 <= timing["ray_train_stop_seconds"] < timing["ray_train_fit_seconds"]
     assert metrics["engine"] == {"trainer": "ray.train.xgboost.XGBoostTrainer", "workers": 2, "device": "cpu"}
     assert sample_run["result"].train.to_json() == metrics  # metrics.json is the typed result
 
