@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -84,13 +83,14 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
             context = ray.init(address=settings.ray_address, **quiet)
         else:
             _use_token(default=True)
-            _private_temp_dir()
+            port = _dashboard_port(settings)
+            _state_api_at(settings.dashboard_host, port)
             # address="local" never attaches to a cluster that happens to be running on this host.
             context = ray.init(
                 address="local",
                 include_dashboard=True,
                 dashboard_host=settings.dashboard_host,
-                dashboard_port=(port := _dashboard_port(settings)),
+                dashboard_port=port,
                 **quiet,
             )
         if not settings.ray_address:
@@ -106,18 +106,15 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
     return seconds
 
 
-def _private_temp_dir() -> None:
-    """Give a local cluster a Ray temp folder of its own (Ray's RAY_TMPDIR; its processes inherit it).
+def _state_api_at(host: str, port: int) -> None:
+    """Tell a local cluster's processes (they inherit this environment) where its state API is.
 
-    Ray's state API, when a process does not say which cluster it means, reads
-    /tmp/ray/ray_current_cluster, which the last `ray start` on this machine wrote and which stays
-    behind it. Ray Train's placement-group cleaner asks the state API about its controller: with
-    that file pointing at another (or a dead) cluster, it hung until its 12 s stop timeout at the
-    end of every training, and logged a GetTimeoutError traceback."""
-    if "RAY_TMPDIR" not in os.environ:
-        folder = Path(tempfile.gettempdir()) / f"stockpipe-ray-{os.getuid()}"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        os.environ["RAY_TMPDIR"] = str(folder)
+    Without it, Ray's state API looks the cluster up in /tmp/ray/ray_current_cluster, which the last
+    `ray start` on this machine wrote and which outlives that cluster. Ray Train's placement-group
+    cleaner asks the state API whether its controller is alive: pointed at a dead cluster it hung
+    until its 12 s stop timeout at the end of every training (and logged a GetTimeoutError
+    traceback); pointed at another live cluster it would take the controller for dead."""
+    os.environ.setdefault("RAY_API_SERVER_ADDRESS", f"http://{host}:{port}")
 
 
 def _dashboard_port(settings: Settings) -> int:

@@ -89,7 +89,7 @@ def test_two_runs_on_one_output_the_second_waits_and_reuses(
 
 def local_env(tmp_path: Path, dashboard_port: int) -> dict[str, Any]:
     """Each run starts its own Ray and Prefect's temporary server, as on a laptop."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS", "RAY_API"))}
     return {**env, "STOCKPIPE_DASHBOARD_PORT": str(dashboard_port), "PYTHONUNBUFFERED": "1",
             "PREFECT_HOME": str(tmp_path / "prefect-home")}  # fmt: skip
 

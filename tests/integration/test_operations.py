@@ -58,7 +58,8 @@ def wait_for(check, what: str, process: subprocess.Popen, log: Path, timeout: fl
 
 
 def base_env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
+    # Not this session's Ray either: RAY_ADDRESS, RAY_API_SERVER_ADDRESS.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS", "RAY_API"))}
     env.update(
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         RAY_USAGE_STATS_ENABLED="0",
