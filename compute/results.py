@@ -28,7 +28,9 @@ class StageResult(BaseModel):
         return data
 
     def timed(self, seconds: float) -> Self:
-        """This result with the stage's own time (excluding Ray's start) filled in."""
+        """This result with the stage's own time (excluding Ray's start) filled in, where it has one."""
+        if "seconds" not in type(self).model_fields:
+            return self
         return self.model_copy(update={"seconds": round(seconds, 3)})
 
 

@@ -20,7 +20,6 @@ flows/pipeline.py as one more task.
 
 from __future__ import annotations
 
-import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -36,7 +35,6 @@ from compute.publish import Manifest, Part, Staging
 from compute.results import StageResult
 from compute.settings import Settings
 
-log = logging.getLogger(__name__)
 R = TypeVar("R", bound=StageResult)
 
 
