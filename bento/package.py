@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import bentoml
@@ -43,12 +44,16 @@ def register_model(model_dir: str | Path) -> str:
     return tag
 
 
-def find_model(tag: str) -> bool:
+def _in_store(get: Callable[[str], object], tag: str) -> bool:
     try:
-        bentoml.models.get(tag)
+        get(tag)
         return True
     except bentoml.exceptions.NotFound:
         return False
+
+
+def find_model(tag: str) -> bool:
+    return _in_store(bentoml.models.get, tag)
 
 
 def _flat(metadata: dict) -> dict:
@@ -76,11 +81,7 @@ def bento_tag(model: str) -> str:
 
 
 def find_bento(tag: str) -> bool:
-    try:
-        bentoml.bentos.get(tag)
-        return True
-    except bentoml.exceptions.NotFound:
-        return False
+    return _in_store(bentoml.bentos.get, tag)
 
 
 def build_bento(model: str) -> str:

@@ -103,6 +103,8 @@ class Staging:
 
     def carry_over(self, names: list[str]) -> None:
         """Put these files of the published content into the staged one, unchanged."""
+        if not names:  # a first run or --force: nothing to read
+            return
         published = data_dir(self.final)  # reads the manifest once, not per file
         present = {name for name, _, _ in storage.listing(published)}
         for name in names:
@@ -133,8 +135,9 @@ def data_dir(final: str, manifest: Manifest | None = None) -> str:
     return storage.join(final, manifest.data) if manifest and manifest.data else final
 
 
-def parquet_parts(final: str | Path) -> list[str]:
-    folder = data_dir(str(final))
+def parquet_parts(final: str | Path, manifest: Manifest | None = None) -> list[str]:
+    """The published part files (`manifest`: the folder's, when the caller has read it already)."""
+    folder = data_dir(str(final), manifest)
     return [
         storage.join(folder, rel)
         for rel, _, _ in storage.listing(folder)
@@ -142,10 +145,10 @@ def parquet_parts(final: str | Path) -> list[str]:
     ]
 
 
-def content_id(final: str) -> Any:
+def content_id(final: str, manifest: Manifest | None = None) -> Any:
     """What identifies a folder's content: its fingerprint when this pipeline published it, else
     its part files' names, sizes and modification times."""
-    manifest = read_manifest(final)
+    manifest = manifest or read_manifest(final)
     if manifest:
         return manifest.fingerprint
     return [item for item in storage.listing(final) if item[0].startswith("part-")]

@@ -39,9 +39,9 @@ class Features(Stage[FeaturesPlan, FeaturesReport]):
         if not storage.is_dir(stage1):
             raise FileNotFoundError(f"no stage 1 output in {self.layout.root}: run `stockpipe ingest` first")
         code = publish.code_digest("compute.rolling", "compute.schema")
-        built_from = publish.read_manifest(stage1)
-        stage1_id = built_from.fingerprint if built_from else publish.content_id(stage1)
-        parts = publish.parquet_parts(stage1)
+        built_from = publish.read_manifest(stage1)  # about 1 MB on the vintage: read it once
+        stage1_id = publish.content_id(stage1, built_from)
+        parts = publish.parquet_parts(stage1, built_from)
         # A stage 1 this pipeline did not write has no part inputs: every part is then rebuilt.
         stage1_parts = built_from.parts if built_from else {}
         inputs = {

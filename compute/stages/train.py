@@ -58,7 +58,8 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         return (self.layout.model,)
 
     def plan(self, previous: Manifest | None) -> TrainPlan:
-        parts = publish.parquet_parts(self.layout.stage2)
+        stage2 = publish.read_manifest(self.layout.stage2)
+        parts = publish.parquet_parts(self.layout.stage2, stage2)
         if not parts:
             raise FileNotFoundError(
                 f"no stage 2 output in {self.layout.root}: run `stockpipe features` first"
@@ -66,7 +67,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         # The requested device, not the one used: "auto" reuses a model whichever device built it.
         training = self.settings.model_dump(include=TRAINING_SETTINGS)
         code = publish.code_digest(*CODE)
-        fingerprint = publish.digest(publish.content_id(self.layout.stage2), code, training)
+        fingerprint = publish.digest(publish.content_id(self.layout.stage2, stage2), code, training)
         return TrainPlan(fingerprint=fingerprint, parts=parts)
 
     def build(self, plan: TrainPlan, staging: list[Staging]) -> Built[TrainMetrics]:
