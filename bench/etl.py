@@ -34,7 +34,7 @@ from pathlib import Path
 
 from compute.schema import META_FILE, META_SYMBOL_COLUMN
 from compute.sources import list_files, open_source
-from harness.procs import free_port, start_server, stop
+from harness.procs import free_port, spawn, start_server, stop
 from harness.proctree import measure
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -112,10 +112,7 @@ def warm_cluster(work: Path) -> Iterator[dict[str, str]]:
         *("--port", str(ray_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port())),
         *("--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())),
     ]
-    with open(work / "ray.log", "wb") as log:
-        ray = subprocess.Popen(
-            ray_command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    ray = spawn(ray_command, work / "ray.log", env)
     try:
         env.update(PREFECT_API_URL=f"{url}/api", RAY_ADDRESS=f"127.0.0.1:{ray_port}")
         probe = [sys.executable, "-c", "import ray; ray.init(logging_level='ERROR')"]

@@ -57,15 +57,23 @@ def stop(process: subprocess.Popen) -> None:
         stray.kill()
 
 
+def spawn(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
+    """Run `command` in a session of its own (so that stop() can end its whole process group),
+    its output and errors into `log`."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 def start_server(
     command: list[str], port: int, log: Path, ready_path: str = "/readyz", env: dict[str, str] | None = None
 ) -> tuple[str, subprocess.Popen]:
     """Run `command` (which must bind 127.0.0.1:port) in a new session; return its URL when ready."""
     url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = spawn(command, log, env)
     try:
         wait_ready(url, process, ready_path)
     except Exception:

@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from harness.procs import free_port, stop
+from harness.procs import free_port, spawn, stop
 from tests.conftest import ERROR_LOOKING, SAMPLE
 
 BIN = Path(sys.executable).parent
@@ -23,11 +23,8 @@ KEPT = 115_820  # rows the sample keeps
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    """`stockpipe ARGS` in a session of its own, its output into `log`."""
+    return spawn([sys.executable, "-m", "flows.cli", *args], log, env)
 
 
 def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
@@ -127,10 +124,7 @@ def stock_ray_head(tmp_path: Path) -> Any:
     command = [str(BIN / "ray"), "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1",
                "--include-dashboard", "false", "--ray-client-server-port", str(free_port()),
                "--dashboard-agent-listen-port", str(free_port()), "--block"]  # fmt: skip
-    with open(tmp_path / "head.log", "wb") as log:
-        head = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    head = spawn(command, tmp_path / "head.log", env)
     try:
         wait_for_line(tmp_path / "head.log", r"block forever", head)
         yield {

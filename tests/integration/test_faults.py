@@ -25,7 +25,7 @@ from compute.publish import parquet_parts
 from compute.settings import Settings
 from compute.stage import run
 from compute.stages import Features, Ingest, Train
-from harness.procs import stop
+from harness.procs import spawn, stop
 from tests.conftest import SAMPLE, leftovers
 
 
@@ -182,10 +182,7 @@ def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_pat
 def _run_until(command: list[str], env: dict[str, str], ready: Callable[[], bool], log: Path) -> bool:
     """Start `command` in its own process group; SIGKILL the whole group as soon as ready() holds.
     Returns False if the command finished before that."""
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = spawn(command, log, env)
     deadline = time.monotonic() + 120
     while process.poll() is None and time.monotonic() < deadline:
         if ready():

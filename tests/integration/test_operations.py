@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from compute.settings import PROJECT_ROOT
-from harness.procs import free_port, stop
+from harness.procs import free_port, spawn, start_server, stop
 from tests.conftest import ERROR_LOOKING
 
 BIN = Path(sys.executable).parent
@@ -34,13 +34,6 @@ def run(command: list[str], env: dict[str, str], timeout: float = 120) -> subpro
     )
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
-
-
-def spawn(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(
-            command, env=env, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
 
 
 def wait_for(check, what: str, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
@@ -79,16 +72,8 @@ def start_prefect_server(work: Path) -> tuple[subprocess.Popen, dict[str, str]]:
         PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{work / 'prefect.db'}",
     )
-    log = work / "server.log"
-    server = spawn(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, log
-    )
-    try:
-        health = f"http://127.0.0.1:{port}/api/health"
-        wait_for(lambda: httpx.get(health, timeout=2).status_code == 200, "prefect server", server, log)
-    except BaseException:
-        stop(server)
-        raise
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    _, server = start_server(command, port, work / "server.log", ready_path="/api/health", env=env)
     return server, env
 
 
@@ -141,7 +126,9 @@ def deployment_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
         run([prefect, "work-pool", "create", "stockpipe", "--type", "process"], env)
         run([prefect, "--no-prompt", "deploy", "--all"], env)
         listed = run([prefect, "deployment", "ls"], env).stdout
-        worker = spawn([prefect, "worker", "start", "--pool", "stockpipe"], env, work / "worker.log")
+        worker = spawn(
+            [prefect, "worker", "start", "--pool", "stockpipe"], work / "worker.log", env, PROJECT_ROOT
+        )
         out = work / "out"
         submit = [prefect, "deployment", "run", "stock-pipeline/sample", "--param", f"out={out}"]
         started = time.monotonic()
@@ -192,7 +179,9 @@ def ray_node(command: list[str], env: dict[str, str], log: Path) -> subprocess.P
     # Ray binds every other port itself when it starts (0 = any free one); only the dashboard
     # agent's port is fixed by default (52365), and two nodes on one host cannot share it.
     agent = ["--dashboard-agent-listen-port", str(free_port())]
-    return spawn([str(BIN / "ray"), "start", *command, "--num-cpus", "1", *agent, "--block"], env, log)
+    return spawn(
+        [str(BIN / "ray"), "start", *command, "--num-cpus", "1", *agent, "--block"], log, env, PROJECT_ROOT
+    )
 
 
 def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
