@@ -165,7 +165,7 @@ def _problems(errors: list[Any], skip: int) -> list[Problem]:
     """One Problem per validation error; `skip` drops the location's prefix (FastAPI's 'body')."""
     problems = []
     for error in errors:
-        loc = [part for part in error.get("loc", ())[skip:]]
+        loc = list(error.get("loc", ())[skip:])
         if error.get("type") == "json_invalid" or not loc:
             field = "body"
         else:
