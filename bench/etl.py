@@ -13,7 +13,8 @@ process tree (for stockpipe: driver, Prefect's server, Ray's daemons and workers
 
 stockpipe runs cold first (`stockpipe run` starts everything itself), then twice warm: against a
 `prefect server` and a `ray start --head` cluster started beforehand, as a deployment run finds
-them (`--skip warm` leaves that out).
+them (`--skip warm` leaves that out). `--train` then trains on that output (`stockpipe train`,
+cold, measured the same way): time, peak memory and memory per million training rows.
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True, help="Kaggle-layout folder or zip")
     parser.add_argument("--scale", type=int, default=1, help="replicate the files N times (default 1)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["warm", "pandas", "polars", "floor"])
+    parser.add_argument("--train", action="store_true", help="also train on the cold run's stage 2")
     args = parser.parse_args()
     folder = scaled(unpacked(args.source.resolve()), args.scale)
     files, csv_bytes = csv_stats(folder)
@@ -162,6 +164,8 @@ def main() -> None:
         rows.append(("stockpipe: compute (ingest + features)", compute_s, 0, ""))
         rows.append(("stockpipe: start-up (Prefect, Ray) + rest", wall - compute_s, 0, ""))
         rows.append(("stockpipe run, cold, whole command", wall, peak, ""))
+        if args.train:
+            training = train(env_python, out)
         if "warm" not in args.skip:
             with warm_cluster(work) as env:
                 # Twice: on a cluster nothing ran on yet, then after one run (each run is a new
@@ -217,6 +221,29 @@ def main() -> None:
             print(f"warm run (second) compute / polars: {warm_s / by_name['reference: polars']:.2f}x")
     if "reference: pandas" in by_name:
         print(f"cold run / pandas: {cold / by_name['reference: pandas']:.2f}x")
+    if args.train:
+        for name, value in training.items():
+            print(f"train: {name}: {value}")
+
+
+def train(python: str, out: Path) -> dict[str, str]:
+    """`stockpipe train` on `out`'s stage 2, as a cold command of its own."""
+    code, wall, peak = measure([python, "-m", "flows.cli", "train", "--out", str(out)])
+    if code != 0:
+        raise SystemExit(f"stockpipe train failed with {code}")
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    timing, rows = metrics["timing"], metrics["rows"]["used"]
+    overhead = timing["stage_seconds"] - timing["load_seconds"] - timing["boosting_seconds"]
+    return {
+        "rows (train + test)": f"{rows:,}",
+        "whole command": f"{wall:.1f} s",
+        "stage": f"{timing['stage_seconds']:.1f} s",
+        "Ray Train fit": f"{timing['ray_train_fit_seconds']:.1f} s",
+        "of which start / load / boost / stop": "{ray_train_start_seconds:.1f} / {load_seconds:.1f} / "
+        "{boosting_seconds:.1f} / {ray_train_stop_seconds:.1f} s".format(**timing),
+        "overhead (stage - load - boost)": f"{overhead:.1f} s",
+        "peak memory (process tree, PSS)": f"{peak / 2**20:,.0f} MiB",
+    }
 
 
 if __name__ == "__main__":
