@@ -47,7 +47,7 @@ class Command:
     stage: bool = True  # takes --force and --ray-address
     needs: Needs | None = None
     # The output its first stage publishes: when that is missing (or --force), the stage surely
-    # has work, so Prefect's temporary server and Ray are started side by side up front.
+    # has work, so Ray starts up front, beside Prefect's temporary server.
     first_output: str | None = None
 
 
@@ -299,16 +299,20 @@ def _run_flow(command: Command, args: argparse.Namespace, layout: Layout) -> int
 
 
 def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, settings: Settings) -> int:
-    from flows import pipeline, startup
+    from flows import services
 
+    # Ray is started up front only when the first stage surely has work (nothing published yet,
+    # or --force); otherwise a stage starts it if it finds work, and an unchanged re-run never does.
     first = getattr(layout, command.first_output or "")
-    if settings.force or not publish.is_published(first):
-        try:
-            startup.start_prefect_and_ray(settings)
-        except AuthenticationFailed as exc:
-            return _fail(str(exc))
-        except ConnectionError as exc:
-            return _fail(f"cannot reach the Ray cluster at {settings.ray_address}: {exc}")
+    ray_too = settings.force or not publish.is_published(first)
+    try:
+        services.start(settings, ray_too=ray_too, imports=("flows.pipeline",))
+    except AuthenticationFailed as exc:
+        return _fail(str(exc))
+    except ConnectionError as exc:
+        return _fail(f"cannot reach the Ray cluster at {settings.ray_address}: {exc}")
+    from flows import pipeline
+
     parameters = {"out": layout.root, "ray_address": args.ray_address, "force": args.force}
     if command.source:
         parameters["source"] = args.source
@@ -317,7 +321,8 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     if args.command == "run":
         parameters["stop_after"] = args.stop_after
     try:
-        result = getattr(pipeline, command.flow or "")(**parameters)
+        with services.prefect_api():
+            result = getattr(pipeline, command.flow or "")(**parameters)
     except DownloadError as exc:  # e.g. the network went away between the check and the download
         return _fail(str(exc))
     _print_outputs(settings.model_copy(update={"out": layout.root}), result)
@@ -352,5 +357,12 @@ def _stage_of(result: StageResult) -> str:
     return next(name for name, stage in STAGES.items() if isinstance(result, stage.result_type))
 
 
+def entry() -> None:
+    """The `stockpipe` command: `main`, then a quick exit that still stops what it started."""
+    from flows import services
+
+    services.exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

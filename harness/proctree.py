@@ -28,6 +28,19 @@ def tree_pss(root: psutil.Process) -> int:
     return total
 
 
+def marked(name: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment holds name=value: every process that a command given that
+    variable started, wherever it has been reparented since."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(name) == value:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def measure(
     command: list[str], interval: float = 0.25, env: dict[str, str] | None = None
 ) -> tuple[int, float, int]:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from harness.procs import free_port, spawn, stop
+from harness.proctree import marked
 from tests.conftest import ERROR_LOOKING, SAMPLE
 
 BIN = Path(sys.executable).parent
@@ -27,9 +29,20 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     return spawn([sys.executable, "-m", "flows.cli", *args], log, env)
 
 
-def finish(process: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+def finish(
+    process: subprocess.Popen, log: Path, timeout: float = 300, env: dict[str, str] | None = None
+) -> str:
+    """Wait for `process`; with the `env` it was started with, also check that it left no process
+    running (its own process group is stopped only afterwards, so nothing is hidden)."""
     try:
         process.wait(timeout=timeout)
+        if env and process.returncode == 0:
+            # Ray's dashboard leaves a multiprocessing fork server and resource tracker, which see
+            # it gone and exit by themselves within a second; nothing may outlive that.
+            deadline = time.monotonic() + 5
+            while (left := marked(MARK, env[MARK])) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not left, f"still running after it exited: {[' '.join(p.cmdline())[:120] for p in left]}"
     finally:
         stop(process)
     text = log.read_text()
@@ -84,6 +97,9 @@ def test_two_runs_on_one_output_the_second_waits_and_reuses(
     assert pq.read_table(tmp_path / "out" / "stage1").num_rows == KEPT
 
 
+MARK = "STOCKPIPE_TEST_RUN"  # every process a run starts inherits it
+
+
 def local_env(tmp_path: Path, dashboard_port: int) -> dict[str, Any]:
     """Each run starts its own Ray and Prefect's temporary server, as on a laptop."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS", "RAY_API"))}
@@ -91,18 +107,18 @@ def local_env(tmp_path: Path, dashboard_port: int) -> dict[str, Any]:
             "PREFECT_HOME": str(tmp_path / "prefect-home")}  # fmt: skip
 
 
-def test_two_runs_on_two_outputs_each_start_their_own_ray(tmp_path: Path) -> None:
+def test_two_runs_on_two_outputs_each_start_their_own_ray_and_stop_all_of_it(tmp_path: Path) -> None:
     port = free_port()  # both are told to put the dashboard there; the second finds it taken
-    env = local_env(tmp_path, port)
-    first = start(["run", "--stop-after", "train", "--out", str(tmp_path / "a")], env, tmp_path / "a.log")
+    env_a, env_b = ({**local_env(tmp_path, port), MARK: uuid.uuid4().hex} for _ in "ab")
+    first = start(["run", "--stop-after", "train", "--out", str(tmp_path / "a")], env_a, tmp_path / "a.log")
     try:
         wait_for_line(tmp_path / "a.log", rf"Ray dashboard: http://127.0.0.1:{port}", first)
         second = start(
-            ["run", "--stop-after", "features", "--out", str(tmp_path / "b")], env, tmp_path / "b.log"
+            ["run", "--stop-after", "features", "--out", str(tmp_path / "b")], env_b, tmp_path / "b.log"
         )
-        second_log = finish(second, tmp_path / "b.log")
+        second_log = finish(second, tmp_path / "b.log", env=env_b)
     finally:
-        first_log = finish(first, tmp_path / "a.log")
+        first_log = finish(first, tmp_path / "a.log", env=env_a)
     assert f"(port {port} is taken, by another run's Ray?)" in second_log, second_log[-3000:]
     clean(first_log)
     clean(second_log)

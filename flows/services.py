@@ -1,0 +1,179 @@
+"""Prefect's temporary server and Ray, for one command: started side by side before its flow,
+stopped side by side after it, and then a quick exit.
+
+Started one after the other (Prefect's temporary server when the flow begins, Ray when the first
+stage finds work), a cold `stockpipe run` waits about 10 s for them here; side by side, with the
+flows' own imports done while they start, about 5 s.
+
+The temporary server is the one Prefect's client starts when no server is configured: uvicorn
+serving Prefect's API app without the UI, on a local port, in a child process, with the same
+settings. Started from here, this process never imports Prefect's server package, which only the
+child needs (1.6 s and 80 MiB here).
+
+At the end, `ray.shutdown` stops Ray's daemons one at a time (about 1.3 s here) while Prefect's
+queued logs go out and its server stops. After that, the interpreter's own teardown (freeing every
+module and object, about 1 s here) does nothing a user needs: `exit_now` runs the exit handlers
+and ends the process at once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import NoReturn
+
+import ray
+
+from compute import cluster
+from compute.settings import Settings
+
+_server: PrefectServer | None = None
+
+
+class PrefectServer:
+    """Prefect's temporary server as a child process (`prefect.server.api.server`'s
+    SubprocessASGIServer starts the same command)."""
+
+    def __init__(self) -> None:
+        from prefect.logging import get_logger
+        from prefect.settings import get_current_settings
+
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self._settings = get_current_settings()
+        self._log = get_logger()  # "prefect", where Prefect says the same
+
+    def wait(self) -> None:
+        """Return once the server answers; raise if it exits or does not answer in time."""
+        # Said here, not at the spawn: Prefect sets its log handlers up when its flow API is first
+        # imported, which happens in between.
+        self._log.info(f"Starting temporary server on {self.url.removesuffix('/api')}")
+        timeout = self._settings.server.ephemeral.startup_timeout_seconds
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            code = self.process.poll()
+            if code == 3:  # uvicorn's "address in use": another process took the port meanwhile
+                self.spawn()
+            elif code is not None:
+                raise RuntimeError(f"Prefect's temporary server exited with code {code}")
+            with suppress(OSError), urllib.request.urlopen(f"{self.url}/health", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"Prefect's temporary server did not answer within {timeout} s")
+
+    def spawn(self) -> None:
+        import prefect
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/api"
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "0",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+            "PREFECT__SERVER_FINAL": "1",
+            **self._settings.to_environment_variables(exclude_unset=True),
+        }
+        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                   "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
+                   "--port", str(port), "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+        if self.process is None:
+            atexit.register(self.stop)  # whatever way this process ends
+        self.process = subprocess.Popen(command, env=env)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        self._log.info(f"Stopping temporary server on {self.url.removesuffix('/api')}")
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def start(settings: Settings, ray_too: bool, imports: tuple[str, ...] = ()) -> None:
+    """Start Prefect's temporary server (unless a server is configured) and import `imports` on a
+    thread while this thread starts or joins Ray (when `ray_too`); return when all are done.
+    Ray's errors are raised. A server that cannot start is left to the flow's own attempt, which
+    then says why."""
+    thread = threading.Thread(target=_prefect_and_imports, args=(imports,), name="prefect-start", daemon=True)
+    thread.start()
+    try:
+        if ray_too:
+            cluster.connect(settings, progress=lambda _: None)  # the stages announce the dashboard
+    finally:
+        thread.join()
+
+
+@contextmanager
+def prefect_api() -> Iterator[None]:
+    """Prefect's client pointed at the server `start` started, if it did."""
+    if _server is None:
+        yield
+        return
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    # No UI URL: the server serves no UI, so Prefect must not print links to one.
+    with temporary_settings(updates={PREFECT_API_URL: _server.url, PREFECT_UI_URL: ""}):
+        yield
+
+
+def exit_now(code: int) -> NoReturn:
+    """Stop Ray and Prefect's temporary server where this process started them (Prefect's logs and
+    events sent first, while the server is up), run the exit handlers, and end the process without
+    the interpreter's teardown."""
+    prefect = threading.Thread(target=_stop_prefect, name="prefect-stop")
+    prefect.start()
+    ray.shutdown()  # on the main thread, which started it
+    prefect.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
+def _stop_prefect() -> None:
+    if "prefect" in sys.modules:
+        # What Prefect does at interpreter exit: send the logs and events still queued.
+        from prefect._internal.concurrency.services import QueueService
+
+        QueueService.drain_all(timeout=10)
+    if _server is not None:
+        _server.stop()
+
+
+def _prefect_and_imports(imports: tuple[str, ...]) -> None:
+    # One thread for both, so that two threads never import Prefect's modules at once.
+    global _server
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    server = None
+    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        server = PrefectServer()
+        server.spawn()
+    for name in imports:  # while the server starts
+        with suppress(Exception):  # raised again where the module is next imported
+            importlib.import_module(name)
+    if server is not None:
+        try:
+            server.wait()
+            _server = server
+        except Exception:
+            server.stop()
