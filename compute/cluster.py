@@ -83,6 +83,7 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
             context = ray.init(address=settings.ray_address, **quiet)
         else:
             _use_token(default=True)
+            _few_malloc_arenas()
             port = _dashboard_port(settings)
             _state_api_at(settings.dashboard_host, port)
             # address="local" never attaches to a cluster that happens to be running on this host.
@@ -104,6 +105,16 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
         logs = f"; Ray's own logs: {_logs}" if _logs else ""
         progress(f"Ray dashboard: {_dashboard_url}{_port_note} (token: `ray get-auth-token`){logs}")
     return seconds
+
+
+def _few_malloc_arenas() -> None:
+    """Cap glibc's malloc arenas in the processes a local cluster starts (they inherit this
+    environment). A worker has dozens of threads (Ray's and Arrow's), and by default every thread
+    that allocates may get an arena of its own that keeps freed memory: with 2 arenas, a worker's
+    peak on the vintage is 175 MiB instead of 245 MiB and the whole run's 1,325 MiB instead of
+    1,472 MiB, at the same speed. A cluster started by `ray start` takes it from its own
+    environment."""
+    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
 
 
 def _state_api_at(host: str, port: int) -> None:
