@@ -56,27 +56,27 @@ def _run(stage_class: type[stage.Stage[Any, R]], settings: Settings) -> R:
     return result
 
 
-@task(name="ingest", tags=["stage:ingest"], **STAGE_TASK)
+@task(name="ingest", **STAGE_TASK)
 def ingest(settings: Settings) -> IngestReport:
     return _run(Ingest, settings)
 
 
-@task(name="features", tags=["stage:features"], **STAGE_TASK)
+@task(name="features", **STAGE_TASK)
 def features(settings: Settings) -> FeaturesReport:
     return _run(Features, settings)
 
 
-@task(name="train", tags=["stage:train"], **STAGE_TASK)
+@task(name="train", **STAGE_TASK)
 def train(settings: Settings) -> TrainMetrics:
     return _run(Train, settings)
 
 
-@task(name="package", tags=["stage:serve"], **STAGE_TASK)
+@task(name="package", **STAGE_TASK)
 def package(settings: Settings) -> PackageResult:
     return _run(Package, settings)
 
 
-@task(name="download", task_run_name="download {dataset}", tags=["stage:download"], retries=2,
+@task(name="download", task_run_name="download {dataset}", retries=2,
       retry_delay_seconds=15)  # fmt: skip
 def fetch_dataset(dataset: str, settings: Settings) -> str:
     """The verified Kaggle zip (downloaded only if no verified copy is on disk yet)."""
