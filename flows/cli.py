@@ -305,8 +305,12 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     # or --force); otherwise a stage starts it if it finds work, and an unchanged re-run never does.
     first = getattr(layout, command.first_output or "")
     ray_too = settings.force or not publish.is_published(first)
+    # Imported while Prefect's server and Ray start, instead of after: the flows, and Ray Train
+    # (about 1.5 s) where a model will be trained.
+    trains = command.training and getattr(args, "stop_after", "train") != "features"
+    imports = ("flows.pipeline", "ray.train.xgboost") if trains and ray_too else ("flows.pipeline",)
     try:
-        services.start(settings, ray_too=ray_too, imports=("flows.pipeline",))
+        services.start(settings, ray_too=ray_too, imports=imports)
     except AuthenticationFailed as exc:
         return _fail(str(exc))
     except ConnectionError as exc:
