@@ -21,19 +21,18 @@ from compute.settings import Settings, get_settings
 from compute.stage import run
 from compute.stages import Train
 from compute.training.params import xgb_params
-from compute.training.split import date_counts, holdout_cutoff, merge_dates
-from compute.training.worker import fit_split, load_shard
+from compute.training.split import shared_cutoff
+from compute.training.worker import fit_split, load_shard, time_test
 
 
 def plain_xgboost(stage2: Path, settings: Settings, threads: int) -> dict[str, float]:
     """The same per-worker code (`fit_split`), run once in this process over every row."""
     parts = [str(p) for p in parquet_parts(stage2)]
-    dates = merge_dates([date_counts(part) for part in parts])
-    cutoff = holdout_cutoff(dates, settings.holdout_fraction)
     started = time.perf_counter()
-    shard = load_shard(parts, cutoff, settings.holdout_fraction, settings.seed)
+    shard = load_shard(parts, settings.holdout_fraction, settings.seed)
     load = time.perf_counter() - started
-    fitted = fit_split(xgb_params(settings, "cpu", threads), settings.train_rounds, shard, shard["time_test"])
+    test = time_test(shard, shared_cutoff(shard["date"], settings.holdout_fraction))
+    fitted = fit_split(xgb_params(settings, "cpu", threads), settings.train_rounds, shard, test)
     return {"load_s": load, "train_s": fitted["seconds"], **ErrorSums(**fitted["model"]).metrics()}
 
 

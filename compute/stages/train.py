@@ -21,13 +21,12 @@ import numpy as np
 import ray
 
 from compute import publish, storage
-from compute.cluster import fan_out
 from compute.layout import METRICS_FILE, MODEL_FILE
 from compute.publish import Manifest, Staging
 from compute.report import training_markdown
 from compute.results import Engine, Timing, TrainMetrics
 from compute.stage import Artifact, Built, Plan, Stage
-from compute.training import params, split
+from compute.training import params
 
 # What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
 # trained: an ETL run or an unchanged re-run never pays for them.
@@ -46,6 +45,7 @@ TRAINING_SETTINGS = {
 @dataclass
 class TrainPlan(Plan):
     parts: list[str]  # stage-2 part files
+    rows_with_features: int | None  # as stage 2's manifest counts them (None: no manifest)
 
 
 class Train(Stage[TrainPlan, TrainMetrics]):
@@ -68,7 +68,9 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         training = self.settings.model_dump(include=TRAINING_SETTINGS)
         code = publish.code_digest(*CODE)
         fingerprint = publish.digest(publish.content_id(self.layout.stage2, stage2), code, training)
-        return TrainPlan(fingerprint=fingerprint, parts=parts)
+        counts = [part.counts for part in stage2.parts.values()] if stage2 else None
+        with_features = sum(c.get("rows_with_features", 0) for c in counts) if counts is not None else None
+        return TrainPlan(fingerprint=fingerprint, parts=parts, rows_with_features=with_features)
 
     def build(self, plan: TrainPlan, staging: list[Staging]) -> Built[TrainMetrics]:
         from ray.train import RunConfig, ScalingConfig  # about 2 s to import
@@ -88,18 +90,11 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         settings = self.settings
         resources = ray.cluster_resources()
         device = params.resolve_device(settings.train_device, resources.get("GPU", 0))
-        counted = fan_out(
-            split.date_counts, [(p,) for p in plan.parts], label="train-split", progress=self.progress
-        ).results
-        dates = split.merge_dates(counted)
-        if not dates:
+        if plan.rows_with_features == 0:  # else the workers would find out, less clearly
             raise ValueError("stage 2 has no row with both features (every symbol has fewer than 30 rows)")
-        cutoff = split.holdout_cutoff(dates, settings.holdout_fraction)
         workers, per_worker = params.worker_layout(device, resources, settings, len(plan.parts))
         xgb_params = params.xgb_params(settings, device, int(per_worker["CPU"]))
-        self.progress(
-            f"train: {workers} Ray Train workers on {device}, cutoff {cutoff}, {settings.train_rounds} rounds"
-        )
+        self.progress(f"train: {workers} Ray Train workers on {device}, {settings.train_rounds} rounds")
 
         work = model_dir.join(WORK)
         storage.make_dirs(work)
@@ -108,10 +103,9 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             worker.train_loop_per_worker,
             train_loop_config={
                 "parts": plan.parts,
-                "cutoff": cutoff,
                 "params": xgb_params,
                 "rounds": settings.train_rounds,
-                "random_fraction": settings.holdout_fraction,
+                "holdout_fraction": settings.holdout_fraction,
                 "seed": settings.seed,
                 "compare_random": settings.train_compare_random_split,
                 "work_dir": work,
@@ -132,8 +126,6 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         results = [storage.read_json(storage.join(work, name)) for name in _names(work, "rank-")]
         result = summary.summarise(
             results,
-            counted,
-            cutoff=cutoff,
             engine=Engine(trainer="ray.train.xgboost.XGBoostTrainer", workers=workers, device=device),
             params=xgb_params,
             settings=settings,

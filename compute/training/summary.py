@@ -22,16 +22,14 @@ from compute.settings import Settings
 
 def summarise(
     results: list[dict[str, Any]],
-    counted: list[dict[str, Any]],
     *,
-    cutoff: str,
     engine: Engine,
     params: dict[str, Any],
     settings: Settings,
     timing: Timing,
     fingerprint: str,
 ) -> TrainMetrics:
-    """One TrainMetrics from every worker's rank-N.json and every part's date counts."""
+    """One TrainMetrics from every worker's rank-N.json (each read its own stage-2 parts)."""
 
     def merged(split: str, which: str) -> Metrics:
         return Metrics(**merge_all([ErrorSums(**r[split][which]) for r in results if r[split]]).metrics())
@@ -52,7 +50,7 @@ def summarise(
         )
     return TrainMetrics(
         time_split=TimeSplit(
-            cutoff=cutoff,
+            cutoff=results[0]["cutoff"],  # the same on every worker
             train_dates=span("train_dates"),
             test_dates=span("test_dates"),
             train_rows=sum(r["time"]["train_rows"] for r in results),
@@ -62,8 +60,8 @@ def summarise(
             mae_improvement_pct=100.0 * (1 - model.mae / baseline.mae) if baseline.mae else None,
         ),
         rows=TrainRows(
-            stage2=sum(c["rows"] for c in counted),
-            dropped_null_features=sum(c["null_feature_rows"] for c in counted),
+            stage2=sum(r["read"] for r in results),
+            dropped_null_features=sum(r["read"] - r["rows"] for r in results),
             used=sum(r["rows"] for r in results),
         ),
         engine=engine,

@@ -1,9 +1,9 @@
 """What every Ray Train worker runs: read its own share of the stage-2 part files (nothing is
-collected on the driver), build its DMatrix shards, and train with XGBoost's collective, so that all
-workers hold the same model. Each worker computes error sums on its own test rows; the driver
-merges them exactly. The same workers can then train a second model on a random 80/20 split, for
-comparison only. Results go to files in the work folder, which is shared storage whenever the
-output is.
+collected on the driver), agree with the other workers on the time split's cutoff, build its
+DMatrix shards, and train with XGBoost's collective, so that all workers hold the same model. Each
+worker computes error sums on its own test rows; the driver merges them exactly. The same workers
+can then train a second model on a random 80/20 split, for comparison only. Results go to files in
+the work folder, which is shared storage whenever the output is.
 """
 
 from __future__ import annotations
@@ -24,27 +24,35 @@ from compute import storage
 from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
+from compute.training import split
 
 PLOT_SAMPLE_PER_WORKER = 5_000
 
 
-def load_shard(parts: list[str], cutoff: str, random_fraction: float, seed: int) -> dict[str, np.ndarray]:
-    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "volume", "date", "time_test", "random_test")}
+def load_shard(parts: list[str], random_fraction: float, seed: int) -> dict[str, np.ndarray]:
+    """This worker's rows with both features, and `read`: how many rows its parts hold in all."""
+    arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "volume", "date", "random_test")}
+    read = 0
     for part in parts:
         table = storage.read_parquet(part, columns=["Date", TARGET_COLUMN, *FEATURE_COLUMNS])
+        read += table.num_rows
         table = table.filter(pc.and_(*[pc.is_valid(table.column(c)) for c in FEATURE_COLUMNS]))
         dates = table.column("Date").cast(pa.date32()).to_numpy()  # datetime64[D]
         arrays["x"].append(contract.feature_matrix(*[table.column(c).to_numpy() for c in FEATURE_COLUMNS]))
         arrays["volume"].append(table.column(TARGET_COLUMN).to_numpy().astype(np.float64))
         arrays["date"].append(dates)
-        arrays["time_test"].append(dates >= np.datetime64(cutoff))
         # Seeded by the part's name, so the random split does not depend on the number of workers.
         rng = np.random.default_rng([seed, part_number(storage.basename(part))])
         arrays["random_test"].append(rng.random(len(dates)) < random_fraction)
     if not parts:
         return {"x": np.zeros((0, 2)), "volume": np.zeros(0), "date": np.zeros(0, "datetime64[D]"),
-                "time_test": np.zeros(0, bool), "random_test": np.zeros(0, bool)}  # fmt: skip
-    return {k: np.concatenate(v) for k, v in arrays.items()}
+                "random_test": np.zeros(0, bool), "read": np.array(0)}  # fmt: skip
+    return {**{k: np.concatenate(v) for k, v in arrays.items()}, "read": np.array(read)}
+
+
+def time_test(shard: dict[str, np.ndarray], cutoff: str) -> np.ndarray:
+    """The time split's test rows: dated on or after the cutoff."""
+    return shard["date"] >= np.datetime64(cutoff)
 
 
 def fit_split(
@@ -89,11 +97,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, size = context.get_world_rank(), context.get_world_size()
     started = time.perf_counter()
-    shard = load_shard(
-        config["parts"][rank::size], config["cutoff"], config["random_fraction"], config["seed"]
-    )
+    shard = load_shard(config["parts"][rank::size], config["holdout_fraction"], config["seed"])
     load_seconds = time.perf_counter() - started
 
+    cutoff = split.shared_cutoff(shard["date"], config["holdout_fraction"], _allreduce)
+    shard["time_test"] = time_test(shard, cutoff)
     timed = fit_split(config["params"], config["rounds"], shard, shard["time_test"])
     rand = (
         fit_split(config["params"], config["rounds"], shard, shard["random_test"])
@@ -109,6 +117,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "rank": rank,
         "began": began,
         "load_seconds": load_seconds,
+        "cutoff": cutoff,
+        "read": int(shard["read"]),
         "rows": len(shard["volume"]),
         "train_dates": [str(shard["date"][~test].min()), str(shard["date"][~test].max())]
         if (~test).any()
@@ -134,3 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         storage.write_bytes(model_bytes, storage.join(work, MODEL_FILE))
     result["ended"] = time.time()  # Ray Train's shutdown comes after it
     storage.write_json(result, storage.join(work, f"rank-{rank}.json"))
+
+
+def _allreduce(array: np.ndarray, op: str) -> np.ndarray:
+    return collective.allreduce(array, getattr(collective.Op, op))

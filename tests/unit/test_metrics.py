@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from compute import model as contract
 from compute.metrics import ErrorSums, merge_all
-from compute.training.split import holdout_cutoff
+from compute.training.split import holdout_cutoff, shared_cutoff
 
 ACTUAL = np.array([100.0, 200.0, 0.0, 400.0])
 PREDICTED = np.array([110.0, 180.0, 10.0, 400.0])
@@ -45,6 +47,41 @@ def test_holdout_cutoff_holds_out_the_latest_rows() -> None:
     dates = {"2020-01-01": 50, "2020-01-02": 30, "2020-01-03": 10, "2020-01-04": 10}
     assert holdout_cutoff(dates, 0.2) == "2020-01-03"  # 80 rows before it, 20 on or after
     assert holdout_cutoff(dates, 0.5) == "2020-01-02"
+
+
+def cutoffs_across_workers(shards: list[np.ndarray], fraction: float) -> list[str]:
+    """`shared_cutoff` on one thread per worker, each with its own rows, combined in lockstep as
+    XGBoost's collective.allreduce combines them."""
+    barrier, slots = threading.Barrier(len(shards)), [np.zeros(0)] * len(shards)
+
+    def worker(rank: int) -> str:
+        def allreduce(array: np.ndarray, op: str) -> np.ndarray:
+            slots[rank] = array
+            barrier.wait()
+            combined = np.minimum.reduce(slots) if op == "MIN" else np.sum(slots, axis=0)
+            barrier.wait()
+            return combined
+
+        return shared_cutoff(shards[rank], fraction, allreduce)
+
+    with ThreadPoolExecutor(len(shards)) as pool:
+        return list(pool.map(worker, range(len(shards))))
+
+
+def test_workers_agree_on_the_cutoff_that_all_rows_give() -> None:
+    """Each Ray Train worker holds some rows (one none); summing rows per day across workers gives
+    every worker the cutoff of all rows' counts per date."""
+    rng = np.random.default_rng(7)
+    offsets = rng.integers(0, 400, 5_000) ** 2 // 400  # uneven, with days that have no rows
+    days = (np.datetime64("2019-12-25") + offsets).astype("datetime64[D]")
+    shards = [days[:1_000], days[1_000:1_001], days[1_001:], days[:0]]
+    per_date: dict[str, int] = {}
+    for day in days.astype(str):
+        per_date[day] = per_date.get(day, 0) + 1
+    for fraction in (0.05, 0.2, 0.5, 0.9):
+        expected = holdout_cutoff(per_date, fraction)
+        assert cutoffs_across_workers(shards, fraction) == [expected] * len(shards)
+        assert shared_cutoff(days, fraction) == expected  # one process, all rows
 
 
 def test_target_transform_round_trips_and_never_goes_negative() -> None:
