@@ -2,8 +2,8 @@
 stopped side by side after it, and then a quick exit.
 
 Started one after the other (Prefect's temporary server when the flow begins, Ray when the first
-stage finds work), a cold `stockpipe run` waits about 10 s for them here; side by side, with the
-flows' own imports done while they start, about 5 s.
+stage finds work), a cold `stockpipe run` waited about 10 s for them here; side by side, with the
+flows' own imports done while they start, 5-6 s.
 
 The temporary server is the one Prefect's client starts when no server is configured: uvicorn
 serving Prefect's API app without the UI, on a local port, in a child process, with the same
@@ -142,7 +142,7 @@ def exit_now(code: int) -> NoReturn:
     prefect.start()
     ray.shutdown()  # on the main thread, which started it
     prefect.join()
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # CPython's own exit handlers, as a normal exit would run them
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
