@@ -119,9 +119,12 @@ class Train(Stage[TrainPlan, TrainMetrics]):
                 storage_filesystem=None if storage.is_local(work) else fs,
             ),
         )
+        # The fit is one blocking call: its progress is its workers, none done, then all.
+        self.progress.tasks("train", 0, workers)
         fit_started, fit_began = time.perf_counter(), time.time()
         trainer.fit()
         fit_seconds, fit_ended = time.perf_counter() - fit_started, time.time()
+        self.progress.tasks("train", workers, workers)
 
         results = [storage.read_json(storage.join(work, name)) for name in _names(work, "rank-")]
         result = summary.summarise(
