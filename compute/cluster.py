@@ -240,7 +240,9 @@ def fan_out(
     or bad input that fn did not handle, and is re-raised here.
     """
     progress = progress or Progress()
-    remote = ray.remote(max_retries=3)(_on_node)
+    # Spread over the cluster's nodes: Ray's default packs tasks onto the driver's node first, so
+    # short tasks could all run there while other nodes sit idle.
+    remote = ray.remote(max_retries=3, scheduling_strategy="SPREAD")(_on_node)
     started = time.perf_counter()
     index = {
         remote.options(name=names[i] if names else label).remote(fn, args): i for i, args in enumerate(calls)
