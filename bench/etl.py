@@ -14,7 +14,7 @@ process tree (for stockpipe: driver, Prefect's server, Ray's daemons and workers
 stockpipe runs cold first (`stockpipe run` starts everything itself), then twice warm: against a
 `prefect server` and a `ray start --head` cluster started beforehand, as a deployment run finds
 them (`--skip warm` leaves that out). `--train` then trains on that output (`stockpipe train`,
-cold, measured the same way): time, peak memory and memory per million training rows.
+cold, measured the same way): its time, Ray Train's share of it, and its peak memory.
 """
 
 from __future__ import annotations
