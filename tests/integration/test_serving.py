@@ -200,10 +200,15 @@ def test_the_bentoml_client_gets_what_curl_gets(served: str, expected: dict[str,
 def schemathesis(url: str, log: Path) -> None:
     """The OpenAPI document is the contract: schemathesis fuzzes every route from it with every
     check it has, seeded and bounded; 0 failures."""
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks"}
+    # Run in the test's folder, where schemathesis keeps its cache, not in the project; the hooks
+    # are imported from the project root.
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks", "PYTHONPATH": root}
     command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json",
                "--checks", "all", "--seed", "1", "--max-examples", "60", "--workers", "1"]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        command, env=env, cwd=log.parent, capture_output=True, text=True, timeout=300, check=False
+    )
     log.write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-5000:]
     assert "No issues found" in result.stdout
