@@ -18,6 +18,8 @@ from typing import Any
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
 
+BENTOML_TIMEOUT = traffic.TimeoutMiddleware  # BentoML's own, before `install` replaces it
+
 
 class TimeoutMiddleware:
     def __init__(self, app: Any, timeout: float) -> None:

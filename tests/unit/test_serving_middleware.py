@@ -7,9 +7,8 @@ import asyncio
 import json
 from typing import Any
 
-from bentoml._internal.server.http.traffic import TimeoutMiddleware as BentoMLTimeout
-
 from bento.connections import KeepAliveRequests
+from bento.timeout import BENTOML_TIMEOUT as BentoMLTimeout
 from bento.timeout import TimeoutMiddleware
 
 
