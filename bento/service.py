@@ -238,7 +238,7 @@ class VolumeService:
         return np.rint(volume).astype(np.int64).tolist()
 
     def predict_one(self, vol_moving_avg: float, adj_close_rolling_med: float) -> int:
-        features = np.array([[vol_moving_avg, adj_close_rolling_med]], dtype=np.float64)
+        features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)  # one row
         return int(np.rint(contract.predict_volume(self.single, self.metadata, features)[0]))
 
 

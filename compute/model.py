@@ -43,7 +43,10 @@ def to_volume(raw: np.ndarray, vol_moving_avg: np.ndarray, transform: str = TARG
     return np.maximum(raw, 0.0) * np.maximum(vol_moving_avg, RATIO_FLOOR)
 
 
-def feature_matrix(vol_moving_avg: np.ndarray, adj_close_rolling_med: np.ndarray) -> np.ndarray:
+def feature_matrix(
+    vol_moving_avg: np.ndarray | float, adj_close_rolling_med: np.ndarray | float
+) -> np.ndarray:
+    """The model's input: one row per pair, in FEATURE_COLUMNS' order (two numbers: one row)."""
     return np.column_stack([vol_moving_avg, adj_close_rolling_med]).astype(np.float64)
 
 
