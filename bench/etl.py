@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compute.schema import META_FILE, META_SYMBOL_COLUMN
-from compute.sources import list_files, open_source
+from compute.stages.ingest.sources import list_files, open_source
 from harness.procs import free_port, spawn, start_server, stop
 from harness.proctree import measure
 

@@ -20,9 +20,9 @@ from compute.publish import parquet_parts
 from compute.settings import Settings, get_settings
 from compute.stage import run
 from compute.stages import Train
-from compute.training.params import xgb_params
-from compute.training.split import shared_cutoff
-from compute.training.worker import fit_split, load_shard, time_test
+from compute.stages.train.params import xgb_params
+from compute.stages.train.split import shared_cutoff
+from compute.stages.train.worker import fit_split, load_shard, time_test
 
 
 def plain_xgboost(stage2: Path, settings: Settings, threads: int) -> dict[str, float]:

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from compute.sources import SourceError, list_files, open_source
+from compute.stages.ingest.sources import SourceError, list_files, open_source
 from compute.storage import write_bytes, write_json
 
 KAGGLE_PREFIX = "kaggle:"

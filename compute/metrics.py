@@ -6,6 +6,18 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class Metrics(BaseModel):
+    """MAE, RMSE, R² and MAPE of one model on one set of rows (in the model card, metrics.json and
+    GET /model)."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")  # an empty split's NaN stays NaN
+    mae: float
+    rmse: float
+    r2: float
+    mape_pct: float
 
 
 @dataclass
@@ -65,6 +77,9 @@ class ErrorSums:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    def summary(self) -> Metrics:
+        return Metrics(**self.metrics())
 
 
 def merge_all(parts: list[ErrorSums]) -> ErrorSums:

@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     # Where `stockpipe download` and kaggle: sources keep the dataset zip.
     download_dir: Path = Path("data/downloads")
 
-    # Training (see compute/training/ and the README's Model section for why these values).
+    # Training (compute/stages/train/; docs/model.md says why these values).
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # the latest rows, by date, held out
     train_rounds: int = Field(default=40, ge=1)
     train_max_depth: int = Field(default=6, ge=1)

@@ -24,16 +24,38 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compute import cluster, lock, publish, storage
 from compute.cluster import Progress
 from compute.layout import Layout
 from compute.publish import Manifest, Part, Staging
-from compute.results import StageResult
 from compute.settings import Settings
+
+
+class StageResult(BaseModel):
+    # NaN metrics (an empty split) stay NaN in JSON, as json.dumps writes them.
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    # Fields left out of the JSON while they hold their default (None, or False for `reused`).
+    omit_when_default: ClassVar[tuple[str, ...]] = ()
+
+    reused: bool = False  # the stage was unchanged since the last run and nothing was rebuilt
+
+    def to_json(self) -> dict[str, Any]:
+        omit = {"reused", *self.omit_when_default}
+        data = self.model_dump(mode="json", exclude={n for n in omit if getattr(self, n) in (None, False)})
+        if self.reused:
+            data["reused"] = data.pop("reused")  # last, where readers of older reports found it
+        return data
+
+    def timed(self, seconds: float) -> Self:
+        """This result with the stage's own time (excluding Ray's start) filled in, where it has one."""
+        if "seconds" not in type(self).model_fields:
+            return self
+        return self.model_copy(update={"seconds": round(seconds, 3)})
+
 
 R = TypeVar("R", bound=StageResult)
 
@@ -50,6 +72,9 @@ P = TypeVar("P", bound=Plan)
 class Built(Generic[R]):
     result: R
     parts: dict[str, Part] = field(default_factory=dict)  # recorded in the manifest
+    # Files that only a build makes (a training log, plots): location -> content, written after
+    # the publish. A reuse leaves the previous build's files as they are.
+    reports: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,5 +178,7 @@ def _run(stage: Stage[P, R]) -> R:
         for folder in staging:
             folder.abort()
         raise
+    for location, content in built.reports.items():
+        storage.write_bytes(content, location)
     stage.report(result)
     return result

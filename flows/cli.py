@@ -12,13 +12,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from compute import download, lock, publish, storage
 from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
-from compute.results import PipelineResult, StageResult
 from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, Settings, get_settings
-from compute.sources import SourceError, list_files, open_source
+from compute.stage import StageResult
+from compute.stages.ingest.sources import SourceError, list_files, open_source
 
 
 @dataclass(frozen=True)
@@ -343,8 +345,8 @@ def _check_source(source: str) -> None:
         download.check_access()
 
 
-def _print_outputs(settings: Settings, result: PipelineResult | StageResult) -> None:
-    from compute.stages import STAGES
+def _print_outputs(settings: Settings, result: BaseModel) -> None:
+    from flows.pipeline import STAGES, PipelineResult
 
     results = result.stages() if isinstance(result, PipelineResult) else {_stage_of(result): result}
     reused = [name for name, r in results.items() if r.reused]
@@ -356,7 +358,7 @@ def _print_outputs(settings: Settings, result: PipelineResult | StageResult) -> 
 
 
 def _stage_of(result: StageResult) -> str:
-    from compute.stages import STAGES
+    from flows.pipeline import STAGES
 
     return next(name for name, stage in STAGES.items() if isinstance(result, stage.result_type))
 

@@ -13,22 +13,35 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.schemas.objects import TaskRun
 from prefect.runtime import flow_run
 from prefect.states import State
+from pydantic import BaseModel
 
+from bento.stage import Package, PackageResult
 from compute import download, lock, stage
 from compute.errors import is_transient
-from compute.results import (
-    FeaturesReport,
-    IngestReport,
-    PackageResult,
-    PipelineResult,
-    StageResult,
-    TrainMetrics,
-)
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
-from compute.stages import Features, Ingest, Package, Train
+from compute.stage import StageResult
+from compute.stages import Features, Ingest, Train
+from compute.stages.features.results import FeaturesReport
+from compute.stages.ingest.results import IngestReport
+from compute.stages.train.results import TrainMetrics
 from flows.progress import StageProgress
 
 R = TypeVar("R", bound=StageResult)
+
+# Every stage of the pipeline, in order, by name.
+STAGES: dict[str, type[stage.Stage[Any, Any]]] = {s.name: s for s in (Ingest, Features, Train, Package)}
+
+
+class PipelineResult(BaseModel):
+    """What `stock-pipeline` returns: each stage that ran, in order."""
+
+    ingest: IngestReport | None = None
+    features: FeaturesReport | None = None
+    train: TrainMetrics | None = None
+    package: PackageResult | None = None
+
+    def stages(self) -> dict[str, StageResult]:
+        return {name: result for name in type(self).model_fields if (result := getattr(self, name))}
 
 
 def only_transient(_task: Any, _run: TaskRun, state: State) -> bool:

@@ -1,12 +1,17 @@
-"""The pipeline's stages, in order; each follows the protocol in compute/stage.py."""
+"""The pipeline's stages, in order, each in a package of its own: the stage class (stage.py,
+which follows the protocol in compute/stage.py), its typed result (results.py) and its work.
+
+ingest/    every symbol file into stage1/ and quarantine/
+features/  rolling features from stage1/ into stage2/
+train/     XGBoost on Ray Train from stage2/ into model/
+
+The fourth stage, package (the Bento), lives in bento/stage.py: compute never imports bento.
+"""
 
 from __future__ import annotations
 
-from compute.stages.features import Features
-from compute.stages.ingest import Ingest
-from compute.stages.package import Package
-from compute.stages.train import Train
+from compute.stages.features.stage import Features
+from compute.stages.ingest.stage import Ingest
+from compute.stages.train.stage import Train
 
-STAGES = {stage.name: stage for stage in (Ingest, Features, Train, Package)}
-
-__all__ = ["STAGES", "Features", "Ingest", "Package", "Train"]
+__all__ = ["Features", "Ingest", "Train"]

@@ -20,11 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from compute import model as contract
-from compute import parse, publish
+from compute import publish
 from compute.publish import parquet_parts
 from compute.settings import Settings
 from compute.stage import run
 from compute.stages import Features, Ingest, Train
+from compute.stages.ingest import parse
 from harness.procs import spawn, stop
 from tests.conftest import SAMPLE, leftovers
 
@@ -47,7 +48,7 @@ def test_killed_ray_worker_is_retried_and_outputs_are_identical(
     ray_session: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calm = run(Ingest(Settings(out=tmp_path / "calm" / "out", source=str(SAMPLE))))
-    monkeypatch.setattr("compute.stages.ingest.ingest_batch", ingest_batch_dying_once)
+    monkeypatch.setattr("compute.stages.ingest.stage.ingest_batch", ingest_batch_dying_once)
     faulty = run(Ingest(Settings(out=tmp_path / "faulty" / "out", source=str(SAMPLE))))
 
     assert (tmp_path / "faulty" / "worker-killed").exists(), "the fault was not injected"

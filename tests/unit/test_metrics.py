@@ -11,7 +11,7 @@ import pytest
 
 from compute import model as contract
 from compute.metrics import ErrorSums, merge_all
-from compute.training.split import holdout_cutoff, shared_cutoff
+from compute.stages.train.split import holdout_cutoff, shared_cutoff
 
 ACTUAL = np.array([100.0, 200.0, 0.0, 400.0])
 PREDICTED = np.array([110.0, 180.0, 10.0, 400.0])

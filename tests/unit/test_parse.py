@@ -7,9 +7,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from compute import parse
-from compute.parse import FileRejected, RawFile, parse_batch, parse_file
 from compute.schema import PRICE_COLUMNS
+from compute.stages.ingest import parse
+from compute.stages.ingest.parse import FileRejected, RawFile, parse_batch, parse_file
 from tests.conftest import SAMPLE
 
 HEADER = b"Date,Open,High,Low,Close,Adj Close,Volume\n"

@@ -6,21 +6,18 @@ import base64
 import re
 
 from compute.layout import Layout
-from compute.report import ingest_markdown, ingest_problems, metadata_gap, training_markdown
-from compute.results import (
-    Engine,
+from compute.metrics import Metrics
+from compute.stages.ingest.report import ingest_markdown, ingest_problems, metadata_gap
+from compute.stages.ingest.results import (
     FailedFile,
     FileCounts,
     IngestIncremental,
     IngestReport,
     IngestWarnings,
-    Metrics,
     RowCounts,
-    TimeSplit,
-    Timing,
-    TrainMetrics,
-    TrainRows,
 )
+from compute.stages.train.report import training_markdown
+from compute.stages.train.results import Engine, TimeSplit, Timing, TrainMetrics, TrainRows
 
 
 def report(missing: list[str], failed: list[FailedFile] | None = None) -> IngestReport:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from compute.rolling import add_features
 from compute.schema import STAGE1
+from compute.stages.features.rolling import add_features
 
 
 def table(symbols: list[str], volumes: list[int], adj: list[float]) -> pa.Table:

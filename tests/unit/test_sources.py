@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.sources import SourceError, list_files, open_source, read_security_names
+from compute.stages.ingest.sources import SourceError, list_files, open_source, read_security_names
 from tests.conftest import SAMPLE
 
 LIMIT = 64 << 20

@@ -12,9 +12,8 @@ import pytest
 from compute import publish
 from compute.lock import LOCK_FILE
 from compute.publish import Manifest, Part, Staging
-from compute.results import StageResult
 from compute.settings import Settings
-from compute.stage import Built, Plan, Stage, run, unchanged_parts
+from compute.stage import Built, Plan, Stage, StageResult, run, unchanged_parts
 
 
 class WordCount(StageResult):

@@ -1,6 +1,10 @@
 """Stage 4, package: the published model into the BentoML model store, and the Bento that serves
 it (bento/package.py). Its output is BentoML's own store, which publishes atomically and is
 content-addressed, so the fingerprint is the Bento's tag: an unchanged model and service reuse it.
+
+It follows compute's stage protocol from here, so that compute never imports bento: bento/
+depends on compute, never the other way round. BentoML itself (bento/package.py) is imported by
+the methods that use it, so that flows/ can import this module while an ETL run never loads it.
 """
 
 from __future__ import annotations
@@ -11,8 +15,12 @@ from pathlib import Path
 
 from compute import publish
 from compute.publish import Manifest, Staging
-from compute.results import PackageResult
-from compute.stage import Built, Plan, Stage
+from compute.stage import Built, Plan, Stage, StageResult
+
+
+class PackageResult(StageResult):
+    model: str  # the model's tag in the model store
+    bento: str  # the Bento's tag
 
 
 @dataclass
@@ -27,7 +35,7 @@ class Package(Stage[PackagePlan, PackageResult]):
     uses_ray = False
 
     def plan(self, previous: Manifest | None) -> PackagePlan:
-        from bento import package  # bentoml: imported by the stage that uses it, not by an ETL run
+        from bento import package
 
         if not publish.is_published(self.layout.model):
             raise FileNotFoundError(f"no trained model in {self.layout.model}: run `stockpipe train` first")

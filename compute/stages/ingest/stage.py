@@ -3,7 +3,7 @@ quarantine/ (bad rows, each with its file, line and reason); reports/ingest.json
 file and row.
 
 Files are grouped into batches of about `batch_bytes` of CSV; each Ray task reads its own batch
-straight from the folder or zip (compute/parse.py) and writes one stage-1 part and, if any row is
+straight from the folder or zip (parse.py) and writes one stage-1 part and, if any row is
 bad, one quarantine part with the same number.
 
 Incremental: the manifest records every part's files with their sizes and CRCs (zip) or
@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from compute import publish
 from compute.cluster import cluster_cpus, fan_out
 from compute.layout import part_name, part_number
-from compute.parse import ingest_batch
 from compute.publish import Manifest, Part, Staging
-from compute.report import build_ingest_report, ingest_markdown, ingest_problems, metadata_gap
-from compute.results import FileResult, IngestIncremental, IngestReport
-from compute.sources import Listing, Source, SourceFile, list_files, open_source, read_security_names
 from compute.stage import Artifact, Built, Plan, Stage, unchanged_parts
+from compute.stages.ingest.parse import ingest_batch
+from compute.stages.ingest.report import build_ingest_report, ingest_markdown, ingest_problems, metadata_gap
+from compute.stages.ingest.results import FileResult, IngestIncremental, IngestReport
+from compute.stages.ingest.sources import (
+    Listing,
+    Source,
+    SourceFile,
+    list_files,
+    open_source,
+    read_security_names,
+)
 from compute.storage import write_json
 
 
@@ -53,7 +60,9 @@ class Ingest(Stage[IngestPlan, IngestReport]):
         entries = {member: [size, signature] for member, size, signature in source.entries(listing)}
         basis = publish.digest(
             source.location,
-            publish.code_digest("compute.parse", "compute.sources", "compute.schema"),
+            publish.code_digest(
+                "compute.stages.ingest.parse", "compute.stages.ingest.sources", "compute.schema"
+            ),
             self.settings.max_file_bytes,
             entries.get(listing.meta_member or ""),  # the metadata file gives every Security Name
         )

@@ -34,9 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from compute.layout import part_name
-from compute.results import FileResult
 from compute.schema import CSV_COLUMNS, PRICE_COLUMNS, QUARANTINE, STAGE1
-from compute.sources import Source, SourceFile
+from compute.stages.ingest.results import FileResult
+from compute.stages.ingest.sources import Source, SourceFile
 from compute.storage import join, write_parquet
 
 VALUE_COLUMNS = CSV_COLUMNS[1:]

@@ -1,5 +1,5 @@
 """Stage 3, train: XGBoost predicting Volume from the two features, trained across Ray Train
-workers (compute/training/), evaluated on a time holdout against the naive baseline
+workers (fit.py, worker.py), evaluated on a time holdout against the naive baseline
 `Volume = vol_moving_avg`, and published as model/ (model.bin, model.json, metrics.json) like any
 other output folder: a reader sees the previous model or the new one, never a mix.
 logs/training.log (every round's loss) and the plots in reports/ are written after the publish.
@@ -23,16 +23,16 @@ import ray
 from compute import publish, storage
 from compute.layout import METRICS_FILE, MODEL_FILE
 from compute.publish import Manifest, Staging
-from compute.report import training_markdown
-from compute.results import Engine, Timing, TrainMetrics
 from compute.stage import Artifact, Built, Plan, Stage
-from compute.training import params
+from compute.stages.train import params
+from compute.stages.train.report import training_markdown
+from compute.stages.train.results import Engine, Timing, TrainMetrics
 
 # What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
 # trained: an ETL run or an unchanged re-run never pays for them.
 CODE = (
-    __name__, "compute.training.params", "compute.training.split", "compute.training.summary",
-    "compute.training.worker", "compute.model", "compute.metrics",
+    __name__, "compute.stages.train.params", "compute.stages.train.split", "compute.stages.train.summary",
+    "compute.stages.train.worker", "compute.model", "compute.metrics",
 )  # fmt: skip
 
 WORK = "_work"
@@ -84,7 +84,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
         from compute import model as contract
-        from compute.training import summary, worker
+        from compute.stages.train import summary, worker
 
         (model_dir,) = staging
         settings = self.settings
@@ -153,8 +153,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
     def report(self, result: TrainMetrics) -> None:
         if result.reused:  # the log and plots of the published model are there already
             return
-        from compute import plots
-        from compute.training import summary
+        from compute.stages.train import plots, summary
 
         storage.write_bytes(summary.training_log(self._history).encode(), self.layout.training_log)
         storage.write_bytes(plots.learning_curve(self._history), self.layout.learning_curve)

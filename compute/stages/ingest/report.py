@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 from typing import Any
 
 from compute.layout import Layout
-from compute.results import (
+from compute.stages.ingest.results import (
     FailedFile,
     FileCounts,
     FileResult,
@@ -15,9 +14,8 @@ from compute.results import (
     IngestReport,
     IngestWarnings,
     RowCounts,
-    TrainMetrics,
 )
-from compute.sources import Listing
+from compute.stages.ingest.sources import Listing
 
 
 class CountMismatch(AssertionError):
@@ -126,33 +124,3 @@ def ingest_problems(report: IngestReport) -> list[dict[str, Any]]:
     return table or [
         {"kind": "none", "name": "", "reason": "every file ingested, no row quarantined", "rows": 0}
     ]
-
-
-def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
-    """Model vs baseline on the time holdout (and the random split), with the plots inline (PNG
-    data URIs: a browser will not open a file:// link from the Prefect UI)."""
-    split = metrics.time_split
-    rows = [("model, time holdout", split.model), ("baseline, time holdout", split.baseline)]
-    if metrics.random_split:
-        rows += [("model, random 80/20", metrics.random_split.model)]
-        rows += [("baseline, random 80/20", metrics.random_split.baseline)]
-    lines = [
-        f"# Training: {split.train_rows:,} rows before {split.cutoff}, {split.test_rows:,} after",
-        "",
-        "| | MAE | RMSE | R² | MAPE % |",
-        "|---|---:|---:|---:|---:|",
-        *[f"| {n} | {m.mae:,.0f} | {m.rmse:,.0f} | {m.r2:.4f} | {m.mape_pct:.1f} |" for n, m in rows],
-        "",
-        f"MAE vs baseline: {split.mae_improvement_pct:+.2f}% better. "
-        f"{metrics.engine.workers} workers on {metrics.engine.device}, "
-        f"fit {metrics.timing.ray_train_fit_seconds:.1f} s.",
-        "",
-    ]
-    for title, png in plots.items():
-        lines += [
-            f"## {title}",
-            "",
-            f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})",
-            "",
-        ]
-    return "\n".join(lines) + "\n"

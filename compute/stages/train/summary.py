@@ -14,10 +14,10 @@ import xgboost as xgb
 
 from compute import model as contract
 from compute import storage
-from compute.metrics import ErrorSums, merge_all
-from compute.results import Engine, Metrics, RandomSplit, TimeSplit, Timing, TrainMetrics, TrainRows
+from compute.metrics import ErrorSums, Metrics, merge_all
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.settings import Settings
+from compute.stages.train.results import Engine, RandomSplit, TimeSplit, Timing, TrainMetrics, TrainRows
 
 
 def summarise(

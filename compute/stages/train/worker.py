@@ -24,7 +24,7 @@ from compute import storage
 from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
-from compute.training import split
+from compute.stages.train import split
 
 PLOT_SAMPLE_PER_WORKER = 5_000
 

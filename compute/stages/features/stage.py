@@ -1,7 +1,7 @@
 """Stage 2, features: per symbol, the 30-row rolling mean of Volume and median of Adj Close, from
 stage1/ into stage2/; reports/features.json counts the rows.
 
-Each Ray task maps one stage-1 part to the stage-2 part of the same name (compute/rolling.py).
+Each Ray task maps one stage-1 part to the stage-2 part of the same name (rolling.py).
 Incremental: a stage-2 part is carried over when its stage-1 part was built from the same inputs
 and the code is unchanged.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from compute import publish, storage
 from compute.cluster import fan_out
 from compute.publish import Manifest, Part, Staging
-from compute.results import FeaturesIncremental, FeaturesReport
-from compute.rolling import features_part
 from compute.stage import Built, Plan, Stage, unchanged_parts
+from compute.stages.features.results import FeaturesIncremental, FeaturesReport
+from compute.stages.features.rolling import features_part
 from compute.storage import write_json
 
 
@@ -38,7 +38,7 @@ class Features(Stage[FeaturesPlan, FeaturesReport]):
         stage1 = self.layout.stage1
         if not storage.is_dir(stage1):
             raise FileNotFoundError(f"no stage 1 output in {self.layout.root}: run `stockpipe ingest` first")
-        code = publish.code_digest("compute.rolling", "compute.schema")
+        code = publish.code_digest("compute.stages.features.rolling", "compute.schema")
         built_from = publish.read_manifest(stage1)  # about 1 MB on the vintage: read it once
         stage1_id = publish.content_id(stage1, built_from)
         parts = publish.parquet_parts(stage1, built_from)

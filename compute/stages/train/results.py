@@ -1,0 +1,70 @@
+"""What train returns, typed: model/metrics.json."""
+
+from __future__ import annotations
+
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict
+
+from compute.metrics import Metrics
+from compute.stage import StageResult
+
+
+class TimeSplit(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    cutoff: str
+    train_dates: list[str] | None
+    test_dates: list[str] | None
+    train_rows: int
+    test_rows: int
+    model: Metrics
+    baseline: Metrics
+    mae_improvement_pct: float | None
+
+
+class RandomSplit(BaseModel):
+    test_fraction: float
+    train_rows: int
+    test_rows: int
+    model: Metrics
+    baseline: Metrics
+
+
+class TrainRows(BaseModel):
+    stage2: int
+    dropped_null_features: int
+    used: int
+
+
+class Engine(BaseModel):
+    trainer: str
+    workers: int
+    device: str
+
+
+class Timing(BaseModel):
+    ray_train_fit_seconds: float
+    boosting_seconds: float
+    load_seconds: float
+    ray_train_start_seconds: float = 0.0
+    ray_train_stop_seconds: float = 0.0
+    stage_seconds: float = 0.0
+
+
+class TrainMetrics(StageResult):
+    """model/metrics.json."""
+
+    omit_when_default = ("random_split",)
+
+    time_split: TimeSplit
+    rows: TrainRows
+    engine: Engine
+    params: dict[str, Any]
+    rounds: int
+    random_split: RandomSplit | None = None  # only when the random-split comparison was asked for
+    timing: Timing
+    fingerprint: str
+
+    def timed(self, seconds: float) -> Self:
+        timing = self.timing.model_copy(update={"stage_seconds": round(seconds, 3)})
+        return self.model_copy(update={"timing": timing})
