@@ -27,12 +27,12 @@ class Batch(BaseModel):
 
 
 def make_app(model_dir: Path) -> FastAPI:
-    booster, metadata = contract.load(model_dir)
+    booster, card = contract.load(model_dir)
     booster.set_param({"nthread": os.cpu_count() or 1})
     app = FastAPI()
 
     def predict(m: np.ndarray, a: np.ndarray) -> list[int]:
-        volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
+        volume = contract.predict_volume(booster, card, contract.feature_matrix(m, a))
         return np.rint(volume).astype(np.int64).tolist()
 
     @app.get("/readyz")

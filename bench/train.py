@@ -15,7 +15,6 @@ from pathlib import Path
 
 from compute import cluster
 from compute.layout import Layout
-from compute.metrics import ErrorSums
 from compute.publish import parquet_parts
 from compute.settings import Settings, get_settings
 from compute.stage import run
@@ -33,7 +32,7 @@ def plain_xgboost(stage2: Path, settings: Settings, threads: int) -> dict[str, f
     load = time.perf_counter() - started
     test = time_test(shard, shared_cutoff(shard["date"], settings.holdout_fraction))
     fitted = fit_split(xgb_params(settings, "cpu", threads), settings.train_rounds, shard, test)
-    return {"load_s": load, "train_s": fitted["seconds"], **ErrorSums(**fitted["model"]).metrics()}
+    return {"load_s": load, "train_s": fitted.outcome.seconds, **fitted.outcome.model.metrics()}
 
 
 def main() -> None:

@@ -21,26 +21,26 @@ BENTOFILE = PROJECT_ROOT / "bento" / "bentofile.yaml"
 
 def model_tag(model_dir: str) -> str:
     """The tag the published model in `model_dir` has (or will have) in the model store."""
-    model, metadata = contract.read_published(model_dir)
-    return _tag(model, metadata)
+    model, card = contract.read_published(model_dir)
+    return _tag(model, card)
 
 
-def _tag(model: bytes, metadata: dict) -> str:
+def _tag(model: bytes, card: contract.ModelCard) -> str:
     digest = hashlib.sha256(model)
-    digest.update(json.dumps(metadata, sort_keys=True).encode())
+    digest.update(json.dumps(card.to_json(), sort_keys=True).encode())
     return f"{contract.MODEL_NAME}:{digest.hexdigest()[:16]}"
 
 
 def register_model(model_dir: str | Path) -> str:
     """Copy the published model (local or from an object store) into the model store, once per
     content; return its tag. The files are checked whole and loadable before they are stored."""
-    model, metadata = contract.read_published(storage.normalize(model_dir))
-    tag = _tag(model, metadata)
+    model, card = contract.read_published(storage.normalize(model_dir))
+    tag = _tag(model, card)
     if find_model(tag):
         return tag
     contract.booster(model)  # refuse to register files that do not load
-    with bentoml.models.create(tag, labels={"project": "stockpipe"}, metadata=_flat(metadata)) as stored:
-        contract.write(stored.path, model, metadata)
+    with bentoml.models.create(tag, labels={"project": "stockpipe"}, metadata=_flat(card)) as stored:
+        contract.write(stored.path, model, card)
     return tag
 
 
@@ -56,14 +56,9 @@ def find_model(tag: str) -> bool:
     return _in_store(bentoml.models.get, tag)
 
 
-def _flat(metadata: dict) -> dict:
-    """BentoML metadata takes scalars, lists and dicts of those; keep the useful parts."""
-    return {
-        "features": metadata["features"],
-        "target_transform": metadata["target_transform"],
-        "holdout_cutoff": metadata["holdout_cutoff"],
-        "data_hash": metadata["data_hash"],
-    }
+def _flat(card: contract.ModelCard) -> dict:
+    """BentoML's model metadata takes scalars, lists and dicts of those; keep the useful parts."""
+    return card.model_dump(include={"features", "target_transform", "holdout_cutoff", "data_hash"})
 
 
 def _bentofile() -> dict:

@@ -5,7 +5,7 @@
     POST /predict_batch  {"vol_moving_avg": [...], "adj_close_rolling_med": [...]}  -> [int, ...]
     GET  /model          which model answers: tag, features, training window, holdout metrics, ...
 
-The model (booster + metadata) comes from the BentoML model store. Which one is the service's
+The model (booster + model card) comes from the BentoML model store. Which one is the service's
 Bento argument `model_tag`: `stockpipe serve` passes it (`bentoml serve ... --arg model_tag=TAG`),
 a built Bento records the one it was built with, and a plain `bentoml serve` takes the latest
 `stock-volume`. Another argument, `access_log` (default false), turns BentoML's access log on.
@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bento import timeout
 from bento.connections import KeepAliveRequests
 from compute import model as contract
+from compute.metrics import Metrics
 
 # Let each worker process accept one connection at a time (libuv, under uvloop), so that
 # connections opened together spread over the workers instead of piling onto whichever woke first.
@@ -57,8 +58,8 @@ AdjCloseMedian = Annotated[
 
 class ServiceArguments(BaseModel):
     model_tag: str = f"{contract.MODEL_NAME}:latest"
-    # BentoML's access log: a line per request, which costs about a fifth of GET /predict's
-    # throughput here (README, Serving). Prometheus metrics (/metrics) stay on.
+    # BentoML's access log: a line per request, off by default for what it costs in throughput
+    # (docs/performance.md). Prometheus metrics (/metrics) stay on.
     access_log: bool = False
     metrics: bool = True
 
@@ -113,13 +114,6 @@ class ErrorBody(BaseModel):
     )
 
 
-class Metrics(BaseModel):
-    mae: float
-    rmse: float
-    r2: float
-    mape_pct: float
-
-
 class Holdout(BaseModel):
     cutoff: str = Field(description="the first date of the time holdout")
     model: Metrics
@@ -127,7 +121,7 @@ class Holdout(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    """Which model answers, from its model.json."""
+    """Which model answers, from its model card (model.json)."""
 
     tag: str = Field(description="the model's tag in the BentoML model store")
     features: list[str]
@@ -210,12 +204,12 @@ class VolumeService:
 
     def __init__(self) -> None:
         self.ready = False
-        self.booster, self.metadata = contract.load(Path(self.model_ref.path))
+        self.booster, self.card = contract.load(Path(self.model_ref.path))
         self.booster.set_param({"nthread": os.cpu_count() or 1})  # training saved its per-worker count
         # One row gains nothing from threads, and waking them costs more than the prediction.
         self.single = self.booster.copy()
         self.single.set_param({"nthread": 1})
-        self.info = _model_info(str(self.model_ref.tag), self.metadata)
+        self.info = _model_info(str(self.model_ref.tag), self.card)
 
     @bentoml.on_startup
     def _settle(self) -> None:
@@ -234,12 +228,12 @@ class VolumeService:
 
     def predict(self, vol_moving_avg: np.ndarray, adj_close_rolling_med: np.ndarray) -> list[int]:
         features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)
-        volume = contract.predict_volume(self.booster, self.metadata, features)
+        volume = contract.predict_volume(self.booster, self.card, features)
         return np.rint(volume).astype(np.int64).tolist()
 
     def predict_one(self, vol_moving_avg: float, adj_close_rolling_med: float) -> int:
         features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)  # one row
-        return int(np.rint(contract.predict_volume(self.single, self.metadata, features)[0]))
+        return int(np.rint(contract.predict_volume(self.single, self.card, features)[0]))
 
 
 VolumeService.add_asgi_middleware(KeepAliveRequests, requests=100)
@@ -305,20 +299,18 @@ async def model() -> Response:
     return _json(_service().info.model_dump())
 
 
-def _model_info(tag: str, metadata: dict[str, Any]) -> ModelInfo:
+def _model_info(tag: str, card: contract.ModelCard) -> ModelInfo:
     return ModelInfo(
         tag=tag,
-        features=metadata["features"],
-        target=metadata.get("target", "Volume"),
-        target_transform=metadata["target_transform"],
-        objective=metadata.get("objective", ""),
-        training_window=metadata.get("training_window"),
+        features=card.features,
+        target=card.target,
+        target_transform=card.target_transform,
+        objective=card.objective,
+        training_window=card.training_window,
         holdout=Holdout(
-            cutoff=metadata["holdout_cutoff"],
-            model=Metrics(**metadata["metrics"]["time_split"]),
-            baseline=Metrics(**metadata["metrics"]["baseline"]),
+            cutoff=card.holdout_cutoff, model=card.metrics.time_split, baseline=card.metrics.baseline
         ),
-        trained=metadata.get("created", ""),
-        model_sha256=metadata.get("model_sha256"),
-        data_hash=metadata["data_hash"],
+        trained=card.created,
+        model_sha256=card.model_sha256,
+        data_hash=card.data_hash,
     )

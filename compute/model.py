@@ -1,5 +1,6 @@
 """The model's contract, shared by training, evaluation and serving so they cannot drift:
-which features in which order, and how the booster's output becomes a trading volume.
+which features in which order, how the booster's output becomes a trading volume, and the model
+card (model.json) that travels with every model.bin.
 
 The booster predicts the ratio Volume / vol_moving_avg; the volume is that ratio times
 vol_moving_avg, clipped at zero. A tree predicts a piecewise-constant value, and Volume spans nine
@@ -10,18 +11,18 @@ around 1 is easy to model.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xgboost as xgb
+from pydantic import BaseModel, ValidationError
 
 from compute import publish
 from compute.layout import METADATA_FILE, MODEL_FILE
-from compute.schema import FEATURE_COLUMNS
-from compute.storage import join, read_bytes, write_bytes, write_json
+from compute.metrics import Metrics
+from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
+from compute.storage import join, read_bytes, write_bytes
 
 MODEL_NAME = "stock-volume"  # in the BentoML model store
 TARGET_TRANSFORM = "ratio_to_vol_moving_avg"
@@ -30,6 +31,31 @@ RATIO_FLOOR = 1.0  # vol_moving_avg below one share a day is treated as one
 
 class ModelNotWhole(ValueError):
     """model.bin and model.json do not belong together (or one is missing)."""
+
+
+class HoldoutMetrics(BaseModel):
+    time_split: Metrics  # the model on the time holdout
+    baseline: Metrics  # the naive Volume = vol_moving_avg on the same rows
+
+
+class ModelCard(BaseModel):
+    """model.json: what a reader needs to use the model and to know where it came from. Written by
+    training, read by the service, the CLI and the tests."""
+
+    features: list[str] = list(FEATURE_COLUMNS)  # the booster's inputs, in order
+    target: str = TARGET_COLUMN
+    target_transform: str = TARGET_TRANSFORM  # how the booster's output becomes a volume
+    objective: str
+    training_window: list[str] | None  # first and last date of the training rows
+    holdout_cutoff: str  # the first date of the time holdout
+    data_hash: str  # SHA-256 of the stage-2 part files it was trained on
+    metrics: HoldoutMetrics
+    versions: dict[str, str]  # of the libraries that trained it
+    created: str  # UTC, ISO 8601
+    model_sha256: str | None = None  # of model.bin; absent only in models from before it was recorded
+
+    def to_json(self) -> dict[str, object]:
+        return self.model_dump(mode="json")
 
 
 def to_target(volume: np.ndarray, vol_moving_avg: np.ndarray) -> np.ndarray:
@@ -50,38 +76,45 @@ def feature_matrix(
     return np.column_stack([vol_moving_avg, adj_close_rolling_med]).astype(np.float64)
 
 
-def predict_volume(booster: xgb.Booster, metadata: dict[str, Any], features: np.ndarray) -> np.ndarray:
+def predict_volume(booster: xgb.Booster, card: ModelCard, features: np.ndarray) -> np.ndarray:
     """Predicted volumes for an (n, 2) array of [vol_moving_avg, adj_close_rolling_med]."""
-    if metadata["features"] != list(FEATURE_COLUMNS):
-        raise ValueError(f"model expects features {metadata['features']}, not {list(FEATURE_COLUMNS)}")
+    if card.features != list(FEATURE_COLUMNS):
+        raise ValueError(f"model expects features {card.features}, not {list(FEATURE_COLUMNS)}")
     raw = booster.inplace_predict(features, validate_features=False)
-    return to_volume(raw, features[:, 0], metadata["target_transform"])
+    return to_volume(raw, features[:, 0], card.target_transform)
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write(folder: str | Path, model: bytes, metadata: dict[str, Any]) -> None:
-    """model.bin, and model.json with model.bin's SHA-256 in it."""
+def write(folder: str | Path, model: bytes, card: ModelCard) -> ModelCard:
+    """model.bin, and model.json with model.bin's SHA-256 in it; returns the card as written."""
+    card = card.model_copy(update={"model_sha256": sha256(model)})
     write_bytes(model, join(str(folder), MODEL_FILE))
-    write_json({**metadata, "model_sha256": sha256(model)}, join(str(folder), METADATA_FILE))
+    text = card.model_dump_json(indent=2) + "\n"
+    write_bytes(text.encode(), join(str(folder), METADATA_FILE))
+    return card
 
 
-def read(folder: str | Path) -> tuple[bytes, dict[str, Any]]:
+def read(folder: str | Path) -> tuple[bytes, ModelCard]:
     """model.bin and model.json from a folder (local or a pyarrow URI), checked to belong together."""
     try:
-        metadata = json.loads(read_bytes(join(str(folder), METADATA_FILE)))
+        text = read_bytes(join(str(folder), METADATA_FILE))
         model = read_bytes(join(str(folder), MODEL_FILE))
     except FileNotFoundError as exc:
         raise ModelNotWhole(f"no {MODEL_FILE} and {METADATA_FILE} in {folder}: {exc}") from None
-    recorded = metadata.get("model_sha256")  # absent only in models trained before it was recorded
-    if recorded is not None and recorded != sha256(model):
+    try:
+        card = ModelCard.model_validate_json(text)
+    except ValidationError as exc:
+        problem = exc.errors()[0]["msg"]
+        raise ModelNotWhole(f"{folder}/{METADATA_FILE} is not a model card: {problem}") from None
+    if card.model_sha256 is not None and card.model_sha256 != sha256(model):
         raise ModelNotWhole(f"{folder}/{MODEL_FILE} does not match the SHA-256 in {METADATA_FILE}")
-    return model, metadata
+    return model, card
 
 
-def read_published(model_dir: str, attempts: int = 5) -> tuple[bytes, dict[str, Any]]:
+def read_published(model_dir: str, attempts: int = 5) -> tuple[bytes, ModelCard]:
     """The published model (compute/publish.py). A new model published while this reads shows as a
     mismatch or a missing file; reading again then finds the new model whole."""
     for attempt in range(attempts):
@@ -100,7 +133,7 @@ def booster(model: bytes) -> xgb.Booster:
     return loaded
 
 
-def load(folder: str | Path) -> tuple[xgb.Booster, dict[str, Any]]:
-    """The booster and its metadata from a folder (local or a pyarrow URI), checked whole."""
-    model, metadata = read(folder)
-    return booster(model), metadata
+def load(folder: str | Path) -> tuple[xgb.Booster, ModelCard]:
+    """The booster and its card from a folder (local or a pyarrow URI), checked whole."""
+    model, card = read(folder)
+    return booster(model), card

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     # Serving.
     serve_host: str = "127.0.0.1"
     serve_port: int = 3000
-    # BentoML's access log, a line per request; it costs about a fifth of GET /predict's throughput.
+    # BentoML's access log, a line per request; what it costs is in docs/performance.md.
     serve_access_log: bool = False
 
     @field_validator("out", mode="before")

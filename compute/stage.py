@@ -1,5 +1,5 @@
 """The stage protocol: every stage of the pipeline plans, reuses, builds, publishes and reports the
-same way. A stage is one small class in compute/stages/; `run` drives each of them:
+same way. A stage is one small class (compute/stages/*/stage.py); `run` drives each of them:
 
     plan     what the stage depends on: a fingerprint (a digest of its inputs, code and settings)
              and whatever the build needs. Reads names, sizes and manifests, never the data.
@@ -9,13 +9,19 @@ same way. A stage is one small class in compute/stages/; `run` drives each of th
              Parts whose inputs are unchanged are carried over instead of rebuilt.
     publish  the staging folders become the published outputs, each in one step, with a manifest
              that records the fingerprint, the typed result and what every part was built from.
-    report   files derived from the result (reports/, logs/), written after the publish.
+    report   files derived from the result (reports/, logs/), written after the publish; files
+             that only a build makes (Built.reports: a training log, plots) are written then too.
 
 A stage's `seconds` never include starting or joining Ray: that is the run's cost, not the stage's.
 
-To add a stage: subclass Stage in a new module of compute/stages/, name its outputs in
-compute/layout.py, give it a result type in compute/results.py, and call it from
-flows/pipeline.py as one more task.
+To add a stage, these are the places:
+  1. a package compute/stages/<name>/: stage.py (a Stage subclass), results.py (its result, a
+     StageResult) and its work;
+  2. compute/layout.py: the names of what it writes;
+  3. flows/pipeline.py: the stage in STAGES, a task that runs it, a field of PipelineResult and a
+     call in the flow.
+For a command or a deployment of its own: a row of COMMANDS in flows/cli.py, an entry in
+prefect.yaml. tests/unit/test_stage.py shows a complete small stage.
 """
 
 from __future__ import annotations
@@ -72,9 +78,10 @@ P = TypeVar("P", bound=Plan)
 class Built(Generic[R]):
     result: R
     parts: dict[str, Part] = field(default_factory=dict)  # recorded in the manifest
-    # Files that only a build makes (a training log, plots): location -> content, written after
-    # the publish. A reuse leaves the previous build's files as they are.
-    reports: dict[str, bytes] = field(default_factory=dict)
+    # Files that only a build makes (a training log, plots): location -> what makes the content,
+    # called after the publish, so the output is published before they are drawn. A reuse leaves
+    # the previous build's files as they are.
+    reports: dict[str, Callable[[], bytes]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -178,7 +185,7 @@ def _run(stage: Stage[P, R]) -> R:
         for folder in staging:
             folder.abort()
         raise
-    for location, content in built.reports.items():
-        storage.write_bytes(content, location)
+    for location, make in built.reports.items():
+        storage.write_bytes(make(), location)
     stage.report(result)
     return result

@@ -72,8 +72,8 @@ def expected(sample_run: dict[str, Any]) -> dict[str, Any]:
     table = pq.read_table(sample_run["out"] / "stage2").to_pandas().dropna().sample(200, random_state=0)
     m = np.concatenate([table["vol_moving_avg"].to_numpy(), [0.0, 0.5, 51318.0, 7.4e9, 1e12]])
     a = np.concatenate([table["adj_close_rolling_med"].to_numpy(), [0.0, 1.0, 216.0, 500.0, 1e7]])
-    booster, metadata = contract.load(sample_run["out"] / "model")
-    volume = contract.predict_volume(booster, metadata, contract.feature_matrix(m, a))
+    booster, card = contract.load(sample_run["out"] / "model")
+    volume = contract.predict_volume(booster, card, contract.feature_matrix(m, a))
     return {"m": m, "a": a, "volume": np.rint(volume).astype(np.int64)}
 
 

@@ -247,12 +247,12 @@ def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
     command = [sys.executable, "-m", "flows.cli", "train", "--out", str(out),
                "--ray-address", ray.get_runtime_context().gcs_address, "--rounds"]  # fmt: skip
 
-    def published() -> tuple[bytes, dict[str, Any], dict[str, Any]]:
+    def published() -> tuple[bytes, contract.ModelCard, dict[str, Any]]:
         """The model as a reader finds it, checked whole: model.bin, model.json, metrics.json."""
-        model, metadata = contract.read(out / "model")
+        model, card = contract.read(out / "model")
         metrics = json.loads((out / "model" / "metrics.json").read_text())
         assert publish.read_manifest(str(out / "model")).fingerprint == metrics["fingerprint"]  # type: ignore[union-attr]
-        return model, metadata, metrics
+        return model, card, metrics
 
     moments = {
         "Ray Train is fitting": lambda: any(out.glob(".model.*.staging/_work/*")),
@@ -277,8 +277,8 @@ def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
 
     def read_while_training() -> None:
         while not stop_reading.is_set():
-            _, metadata = contract.read_published(str(out / "model"))
-            seen.append(metadata["metrics"]["time_split"]["mae"] > 0)
+            _, card = contract.read_published(str(out / "model"))
+            seen.append(card.metrics.time_split.mae > 0)
 
     reader = threading.Thread(target=read_while_training)
     reader.start()

@@ -91,8 +91,8 @@ def test_folder_on_s3_to_output_on_s3(
     model_dir = publish.data_dir(s3["uri"]("runs/a/model"))
     for name in ("model.bin", "model.json", "metrics.json"):
         assert storage.is_file(storage.join(model_dir, name)), name
-    model, metadata = contract.read_published(s3["uri"]("runs/a/model"))
-    assert metadata["model_sha256"] == contract.sha256(model)
+    model, card = contract.read_published(s3["uri"]("runs/a/model"))
+    assert card.model_sha256 == contract.sha256(model)
     for key in ("logs/training.log", "reports/ingest.json", "reports/learning_curve.png"):
         assert fs.get_file_info(f"{BUCKET}/runs/a/{key}").type == pafs.FileType.File, key
     log_lines = fs.open_input_stream(f"{BUCKET}/runs/a/logs/training.log").read().decode().splitlines()

@@ -56,20 +56,20 @@ def test_metrics_are_complete_and_consistent(sample_run: dict[str, Any]) -> None
 def test_saved_model_reproduces_the_evaluated_predictions(sample_run: dict[str, Any]) -> None:
     """Reloading model.bin and scoring the holdout again gives exactly the metrics of training."""
     out: Path = sample_run["out"]
-    booster, metadata = contract.load(out / "model")
+    booster, card = contract.load(out / "model")
     metrics = json.loads((out / "model" / "metrics.json").read_text())
-    assert metadata["features"] == list(FEATURE_COLUMNS)
-    assert metadata["target_transform"] == contract.TARGET_TRANSFORM
-    assert metadata["holdout_cutoff"] == metrics["time_split"]["cutoff"]
+    assert card.features == list(FEATURE_COLUMNS)
+    assert card.target_transform == contract.TARGET_TRANSFORM
+    assert card.holdout_cutoff == metrics["time_split"]["cutoff"]
     # model.json records model.bin's SHA-256, so anyone can check the two belong together.
-    assert metadata["model_sha256"] == hashlib.sha256((out / "model" / "model.bin").read_bytes()).hexdigest()
+    assert card.model_sha256 == hashlib.sha256((out / "model" / "model.bin").read_bytes()).hexdigest()
 
     table = pq.read_table(out / "stage2").to_pandas().dropna(subset=list(FEATURE_COLUMNS))
     test = table[table["Date"] >= metrics["time_split"]["cutoff"]]
     features = contract.feature_matrix(
         test["vol_moving_avg"].to_numpy(), test["adj_close_rolling_med"].to_numpy()
     )
-    predicted = contract.predict_volume(booster, metadata, features)
+    predicted = contract.predict_volume(booster, card, features)
     again = ErrorSums.of(test["Volume"].to_numpy(), predicted).metrics()
     assert again == pytest.approx(metrics["time_split"]["model"], rel=1e-9)
     assert (predicted >= 0).all()

@@ -16,12 +16,31 @@ import pytest
 
 from compute import model as contract
 from compute import publish
+from compute.metrics import Metrics
 from compute.publish import Manifest, Staging
+
+
+def card(version: int) -> contract.ModelCard:
+    """A model card that says which of the test's versions it is (as its `created`)."""
+    scores = Metrics(mae=1.0, rmse=1.0, r2=0.0, mape_pct=1.0)
+    return contract.ModelCard(
+        objective="test",
+        training_window=None,
+        holdout_cutoff="2020-01-01",
+        data_hash="sha256:test",
+        metrics=contract.HoldoutMetrics(time_split=scores, baseline=scores),
+        versions={},
+        created=str(version),
+    )
+
+
+def version_of(card: contract.ModelCard) -> int:
+    return int(card.created)
 
 
 def publish_version(final: Path, version: int) -> None:
     staging = Staging(str(final))
-    contract.write(staging.location, os.urandom(50_000 + version), {"version": version})
+    contract.write(staging.location, os.urandom(50_000 + version), card(version))
     staging.commit(Manifest(fingerprint=str(version)))
 
 
@@ -30,8 +49,8 @@ def test_commit_replaces_the_whole_folder_and_leaves_nothing_beside_it(tmp_path:
     publish_version(final, 1)
     (final / "stray").write_text("from version 1")
     publish_version(final, 2)
-    model, metadata = contract.read(final)
-    assert metadata["version"] == 2 and metadata["model_sha256"] == contract.sha256(model)
+    model, written = contract.read(final)
+    assert version_of(written) == 2 and written.model_sha256 == contract.sha256(model)
     assert not (final / "stray").exists(), "the old folder's files must go with it"
     assert publish.read_manifest(str(final)).fingerprint == "2"  # type: ignore[union-attr]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
@@ -43,7 +62,7 @@ def test_an_aborted_staging_leaves_the_published_folder_alone(tmp_path: Path) ->
     staging = Staging(str(final))
     (Path(staging.location) / "part-00000.parquet").write_bytes(b"half")
     staging.abort()
-    assert contract.read(final)[1]["version"] == 1
+    assert version_of(contract.read(final)[1]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
 
 
@@ -55,12 +74,12 @@ def test_a_crash_between_the_fallback_renames_is_repaired(tmp_path: Path) -> Non
     os.rename(final, tmp_path / ".model.0123456789ab.old")  # the state such a crash leaves
     (tmp_path / ".model.ba9876543210.staging").mkdir()  # and the new content, never published
     publish.remove_leftovers(str(final))
-    assert contract.read(final)[1]["version"] == 1
+    assert version_of(contract.read(final)[1]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_model_files_that_do_not_belong_together_are_refused(tmp_path: Path) -> None:
-    contract.write(tmp_path, b"new model", {"version": 2})
+    contract.write(tmp_path, b"new model", card(2))
     (tmp_path / "model.bin").write_bytes(b"old model")  # what the old in-place publish could leave
     with pytest.raises(contract.ModelNotWhole, match="does not match the SHA-256"):
         contract.read(tmp_path)
@@ -95,11 +114,11 @@ def test_a_publisher_killed_at_any_moment_leaves_the_old_or_the_new_folder(tmp_p
         process.send_signal(signal.SIGKILL)
         done = [int(line) for line in (first + process.communicate()[0]).split()]
         publish.remove_leftovers(str(final))
-        _, metadata = contract.read(final)  # raises if model.bin and model.json do not match
+        _, found = contract.read(final)  # raises if model.bin and model.json do not match
         # The last completed publish, or the one it was in the middle of.
-        assert metadata["version"] in (done[-1], done[-1] + 1), (metadata, done[-3:])
+        assert version_of(found) in (done[-1], done[-1] + 1), (found, done[-3:])
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-        published = metadata["version"] // 1000 + 1
+        published = version_of(found) // 1000 + 1
 
 
 def test_a_reader_sees_whole_models_while_they_are_published(tmp_path: Path) -> None:
@@ -119,9 +138,9 @@ def test_a_reader_sees_whole_models_while_they_are_published(tmp_path: Path) -> 
         seen = set()
         deadline = time.monotonic() + 2
         while time.monotonic() < deadline:
-            model, metadata = contract.read_published(str(final))
-            assert metadata["model_sha256"] == contract.sha256(model)
-            seen.add(metadata["version"])
+            model, found = contract.read_published(str(final))
+            assert found.model_sha256 == contract.sha256(model)
+            seen.add(version_of(found))
     finally:
         stop.set()
         writer.join()

@@ -1,4 +1,5 @@
-"""What train returns, typed: model/metrics.json."""
+"""What train returns, typed: model/metrics.json; and what each Ray Train worker hands the driver
+(rank-N.json in the work folder), typed too, since it crosses a process boundary."""
 
 from __future__ import annotations
 
@@ -6,8 +7,38 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
-from compute.metrics import Metrics
+from compute.metrics import ErrorSums, Metrics
 from compute.stage import StageResult
+
+History = dict[str, dict[str, list[float]]]  # split ("train", "validation") -> metric -> per round
+
+
+class FitOutcome(BaseModel):
+    """One model fitted on one worker's rows: its loss per round and error sums on its test rows."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    history: History
+    seconds: float  # boosting
+    model: ErrorSums
+    baseline: ErrorSums
+    train_rows: int
+    test_rows: int
+
+
+class WorkerResult(BaseModel):
+    """What one Ray Train worker reports (rank-N.json)."""
+
+    rank: int
+    began: float  # wall clock when its function started (Ray Train's start-up is before it)
+    ended: float  # wall clock when it was done (Ray Train's shutdown is after it)
+    load_seconds: float
+    cutoff: str  # the time split's first test date, the same on every worker
+    read: int  # rows in its stage-2 parts
+    rows: int  # of them, rows with both features
+    train_dates: list[str] | None  # first and last
+    test_dates: list[str] | None
+    time: FitOutcome  # the time split's model
+    random: FitOutcome | None  # the random split's, when asked for
 
 
 class TimeSplit(BaseModel):

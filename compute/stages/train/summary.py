@@ -1,79 +1,97 @@
-"""The workers' results merged into the typed metrics, the training log and the model's metadata."""
+"""The workers' results merged into the typed metrics, the training log and the model card."""
 
 from __future__ import annotations
 
 import hashlib
 import platform
 import time
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import ray
 import xgboost as xgb
 
-from compute import model as contract
 from compute import storage
-from compute.metrics import ErrorSums, Metrics, merge_all
-from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
+from compute.metrics import Metrics, merge_all
+from compute.model import HoldoutMetrics, ModelCard
 from compute.settings import Settings
-from compute.stages.train.results import Engine, RandomSplit, TimeSplit, Timing, TrainMetrics, TrainRows
+from compute.stages.train.fit import Fitted
+from compute.stages.train.results import (
+    Engine,
+    FitOutcome,
+    History,
+    RandomSplit,
+    TimeSplit,
+    Timing,
+    TrainMetrics,
+    TrainRows,
+)
 
 
 def summarise(
-    results: list[dict[str, Any]],
-    *,
-    engine: Engine,
-    params: dict[str, Any],
-    settings: Settings,
-    timing: Timing,
-    fingerprint: str,
+    fitted: Fitted, *, engine: Engine, params: dict[str, object], settings: Settings, fingerprint: str
 ) -> TrainMetrics:
-    """One TrainMetrics from every worker's rank-N.json (each read its own stage-2 parts)."""
+    """One TrainMetrics from every worker's result (each read its own stage-2 parts)."""
+    results = fitted.workers
 
-    def merged(split: str, which: str) -> Metrics:
-        return Metrics(**merge_all([ErrorSums(**r[split][which]) for r in results if r[split]]).metrics())
+    def merged(outcomes: list[FitOutcome], which: str) -> Metrics:
+        return merge_all([getattr(o, which) for o in outcomes]).summary()
 
-    def span(key: str) -> list[str] | None:
-        dates = [r[key] for r in results if r[key]]
+    def span(spans: list[list[str] | None]) -> list[str] | None:
+        dates = [d for d in spans if d]
         return [min(d[0] for d in dates), max(d[1] for d in dates)] if dates else None
 
-    model, baseline = merged("time", "model"), merged("time", "baseline")
+    timed = [r.time for r in results]
+    model, baseline = merged(timed, "model"), merged(timed, "baseline")
     random_split = None
-    if all(r["random"] for r in results):
+    randoms = [r.random for r in results if r.random]
+    if len(randoms) == len(results):
         random_split = RandomSplit(
             test_fraction=settings.holdout_fraction,
-            train_rows=sum(r["random"]["train_rows"] for r in results),
-            test_rows=sum(r["random"]["test_rows"] for r in results),
-            model=merged("random", "model"),
-            baseline=merged("random", "baseline"),
+            train_rows=sum(o.train_rows for o in randoms),
+            test_rows=sum(o.test_rows for o in randoms),
+            model=merged(randoms, "model"),
+            baseline=merged(randoms, "baseline"),
         )
     return TrainMetrics(
         time_split=TimeSplit(
-            cutoff=results[0]["cutoff"],  # the same on every worker
-            train_dates=span("train_dates"),
-            test_dates=span("test_dates"),
-            train_rows=sum(r["time"]["train_rows"] for r in results),
-            test_rows=sum(r["time"]["test_rows"] for r in results),
+            cutoff=results[0].cutoff,  # the same on every worker
+            train_dates=span([r.train_dates for r in results]),
+            test_dates=span([r.test_dates for r in results]),
+            train_rows=sum(o.train_rows for o in timed),
+            test_rows=sum(o.test_rows for o in timed),
             model=model,
             baseline=baseline,
             mae_improvement_pct=100.0 * (1 - model.mae / baseline.mae) if baseline.mae else None,
         ),
         rows=TrainRows(
-            stage2=sum(r["read"] for r in results),
-            dropped_null_features=sum(r["read"] - r["rows"] for r in results),
-            used=sum(r["rows"] for r in results),
+            stage2=sum(r.read for r in results),
+            dropped_null_features=sum(r.read - r.rows for r in results),
+            used=sum(r.rows for r in results),
         ),
         engine=engine,
         params=params,
         rounds=settings.train_rounds,
         random_split=random_split,
-        timing=timing,
+        timing=Timing(
+            ray_train_fit_seconds=round(fitted.seconds, 3),
+            boosting_seconds=round(max(o.seconds for o in timed), 3),
+            load_seconds=round(max(r.load_seconds for r in results), 3),
+            # Ray Train's own time: starting its controller and workers, and after the last worker
+            # is done, stopping them.
+            ray_train_start_seconds=round(min(r.began for r in results) - fitted.began, 3),
+            ray_train_stop_seconds=round(fitted.ended - max(r.ended for r in results), 3),
+        ),
         fingerprint=fingerprint,
     )
 
 
-def training_log(history: dict[str, dict[str, list[float]]]) -> str:
+def history(fitted: Fitted) -> History:
+    """Every round's loss: XGBoost's collective evaluates on all workers' rows, so rank 0's is all."""
+    return fitted.workers[0].time.history
+
+
+def training_log(history: History) -> str:
     """One line per boosting round: the train and validation loss."""
     lines = []
     for metric in history["train"]:
@@ -83,30 +101,23 @@ def training_log(history: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_metadata(metrics: TrainMetrics, stage2_parts: list[str]) -> dict[str, Any]:
-    """model.json: what a reader of the model needs to use it and to know where it came from
-    (compute.model.write adds model.bin's SHA-256)."""
-    return {
-        "features": list(FEATURE_COLUMNS),
-        "target": TARGET_COLUMN,
-        "target_transform": contract.TARGET_TRANSFORM,
-        "objective": metrics.params["objective"],
-        "training_window": metrics.time_split.train_dates,
-        "holdout_cutoff": metrics.time_split.cutoff,
-        "data_hash": data_hash(stage2_parts),
-        "metrics": {
-            "time_split": metrics.time_split.model.model_dump(),
-            "baseline": metrics.time_split.baseline.model_dump(),
-        },
-        "versions": {
+def model_card(metrics: TrainMetrics, stage2_parts: list[str]) -> ModelCard:
+    """model.json, less model.bin's SHA-256 (compute.model.write adds it)."""
+    return ModelCard(
+        objective=str(metrics.params["objective"]),
+        training_window=metrics.time_split.train_dates,
+        holdout_cutoff=metrics.time_split.cutoff,
+        data_hash=data_hash(stage2_parts),
+        metrics=HoldoutMetrics(time_split=metrics.time_split.model, baseline=metrics.time_split.baseline),
+        versions={
             "xgboost": xgb.__version__,
             "ray": ray.__version__,
             "pyarrow": pa.__version__,
             "numpy": np.__version__,
             "python": platform.python_version(),
         },
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
 
 
 def data_hash(parts: list[str]) -> str:

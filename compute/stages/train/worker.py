@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.stages.train import split
+from compute.stages.train.results import FitOutcome, History, WorkerResult
 
 PLOT_SAMPLE_PER_WORKER = 5_000
 
@@ -55,9 +57,14 @@ def time_test(shard: dict[str, np.ndarray], cutoff: str) -> np.ndarray:
     return shard["date"] >= np.datetime64(cutoff)
 
 
-def fit_split(
-    params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray], test: np.ndarray
-) -> dict[str, Any]:
+@dataclass
+class Fit:
+    booster: xgb.Booster
+    predicted: np.ndarray  # on the test rows
+    outcome: FitOutcome
+
+
+def fit_split(params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray], test: np.ndarray) -> Fit:
     x, volume, m = shard["x"], shard["volume"], shard["x"][:, 0]
     target = contract.to_target(volume, m)
     # Weight by vol_moving_avg²: m²·(ratio error)² is the squared error in shares, so the loss
@@ -71,7 +78,7 @@ def fit_split(
     names = list(FEATURE_COLUMNS)
     dtrain = xgb.QuantileDMatrix(x[~test], target[~test], weight=weight[~test], feature_names=names)
     dtest = xgb.DMatrix(x[test], target[test], weight=weight[test], feature_names=names)
-    history: dict[str, dict[str, list[float]]] = {}
+    history: History = {}
     started = time.perf_counter()
     booster = xgb.train(
         params, dtrain, rounds, evals=[(dtrain, "train"), (dtest, "validation")],
@@ -79,16 +86,15 @@ def fit_split(
     )  # fmt: skip
     seconds = time.perf_counter() - started
     predicted = contract.to_volume(booster.inplace_predict(x[test]), m[test])
-    return {
-        "booster": booster,
-        "history": history,
-        "seconds": seconds,
-        "model": ErrorSums.of(volume[test], predicted).to_dict(),
-        "baseline": ErrorSums.of(volume[test], m[test]).to_dict(),
-        "train_rows": int((~test).sum()),
-        "test_rows": int(test.sum()),
-        "predicted": predicted,
-    }
+    outcome = FitOutcome(
+        history=history,
+        seconds=seconds,
+        model=ErrorSums.of(volume[test], predicted),
+        baseline=ErrorSums.of(volume[test], m[test]),
+        train_rows=int((~test).sum()),
+        test_rows=int(test.sum()),
+    )
+    return Fit(booster, predicted, outcome)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -113,37 +119,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rng = np.random.default_rng([config["seed"], rank])
     pick = rng.choice(int(test.sum()), size=min(PLOT_SAMPLE_PER_WORKER, int(test.sum())), replace=False)
     work = config["work_dir"]
-    result = {
-        "rank": rank,
-        "began": began,
-        "load_seconds": load_seconds,
-        "cutoff": cutoff,
-        "read": int(shard["read"]),
-        "rows": len(shard["volume"]),
-        "train_dates": [str(shard["date"][~test].min()), str(shard["date"][~test].max())]
-        if (~test).any()
-        else None,
-        "test_dates": [str(shard["date"][test].min()), str(shard["date"][test].max())]
-        if test.any()
-        else None,
-        "time": {k: v for k, v in timed.items() if k not in ("booster", "predicted")},
-        "random": None
-        if rand is None
-        else {k: v for k, v in rand.items() if k not in ("booster", "predicted")},
-    }
     sample = io.BytesIO()
     np.savez(
         sample,
         actual=shard["volume"][test][pick],
-        predicted=timed["predicted"][pick],
+        predicted=timed.predicted[pick],
         baseline=shard["x"][test][pick, 0],
     )
     storage.write_bytes(sample.getvalue(), storage.join(work, f"sample-{rank}.npz"))
     if rank == 0:  # every worker holds the same model after collective training
-        model_bytes = bytes(timed["booster"].save_raw(raw_format="ubj"))
+        model_bytes = bytes(timed.booster.save_raw(raw_format="ubj"))
         storage.write_bytes(model_bytes, storage.join(work, MODEL_FILE))
-    result["ended"] = time.time()  # Ray Train's shutdown comes after it
-    storage.write_json(result, storage.join(work, f"rank-{rank}.json"))
+    result = WorkerResult(
+        rank=rank,
+        began=began,
+        ended=time.time(),  # Ray Train's shutdown comes after it
+        load_seconds=load_seconds,
+        cutoff=cutoff,
+        read=int(shard["read"]),
+        rows=len(shard["volume"]),
+        train_dates=_span(shard["date"][~test]),
+        test_dates=_span(shard["date"][test]),
+        time=timed.outcome,
+        random=rand.outcome if rand else None,
+    )
+    storage.write_bytes(result.model_dump_json().encode(), storage.join(work, f"rank-{rank}.json"))
+
+
+def _span(dates: np.ndarray) -> list[str] | None:
+    return [str(dates.min()), str(dates.max())] if dates.size else None
 
 
 def _allreduce(array: np.ndarray, op: str) -> np.ndarray:

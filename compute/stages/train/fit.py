@@ -1,0 +1,106 @@
+"""Ray Train's XGBoostTrainer, run from the driver: every worker runs worker.train_loop_per_worker
+on its share of the stage-2 parts and writes its results into `work` (shared storage whenever the
+output is), which this reads back, typed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from compute import storage
+from compute.layout import MODEL_FILE
+from compute.settings import Settings
+from compute.stages.train import worker
+from compute.stages.train.results import WorkerResult
+
+# Ray Train's own settings, read from the driver's environment and passed on to its controller:
+# poll the workers every 0.25 s instead of 2 s, so that a short fit is not seen finished seconds
+# late; no preemption watcher (one actor less to start), since a lost worker fails the stage and
+# Prefect retries it (compute/errors.py).
+RAY_TRAIN_ENVIRONMENT = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+@dataclass
+class Fitted:
+    workers: list[WorkerResult]  # by rank
+    model: bytes  # model.bin: every worker holds the same model after collective training
+    sample: dict[str, np.ndarray]  # holdout rows for the predicted-vs-actual plot
+    seconds: float  # the whole fit call
+    began: float  # wall clock of the call's start and end
+    ended: float
+
+
+def fit(
+    parts: list[str],
+    settings: Settings,
+    xgb_params: dict[str, Any],
+    layout: tuple[int, dict[str, float]],
+    device: str,
+    work: str,
+) -> Fitted:
+    """Train across `layout` (workers, resources per worker); `work` is scratch space."""
+    from ray.train import RunConfig, ScalingConfig  # about 2 s to import
+    from ray.train.xgboost import XGBoostTrainer
+
+    for name, value in RAY_TRAIN_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    workers, per_worker = layout
+    storage.make_dirs(work)
+    fs, work_path = storage.resolve(work)
+    trainer = XGBoostTrainer(
+        worker.train_loop_per_worker,
+        train_loop_config={
+            "parts": parts,
+            "params": xgb_params,
+            "rounds": settings.train_rounds,
+            "holdout_fraction": settings.holdout_fraction,
+            "seed": settings.seed,
+            "compare_random": settings.train_compare_random_split,
+            "work_dir": work,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=device == "cuda", resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=f"stockpipe-train-{uuid.uuid4().hex[:8]}",
+            storage_path=work_path,
+            storage_filesystem=None if storage.is_local(work) else fs,
+        ),
+    )
+    started, began = time.perf_counter(), time.time()
+    trainer.fit()
+    seconds, ended = time.perf_counter() - started, time.time()
+    results = [
+        WorkerResult.model_validate_json(storage.read_bytes(storage.join(work, name)))
+        for name in _names(work, "rank-")
+    ]
+    return Fitted(
+        workers=sorted(results, key=lambda r: r.rank),
+        model=storage.read_bytes(storage.join(work, MODEL_FILE)),
+        sample=_plot_sample(work),
+        seconds=seconds,
+        began=began,
+        ended=ended,
+    )
+
+
+def _names(folder: str, prefix: str) -> list[str]:
+    return [name for name, _, _ in storage.listing(folder) if name.startswith(prefix)]
+
+
+def _plot_sample(work: str) -> dict[str, np.ndarray]:
+    """The holdout rows each worker sampled for the predicted-vs-actual plot, together."""
+    samples = [
+        np.load(io.BytesIO(storage.read_bytes(storage.join(work, n)))) for n in _names(work, "sample-")
+    ]
+    return {k: np.concatenate([s[k] for s in samples]) for k in ("actual", "predicted", "baseline")}
