@@ -1,6 +1,8 @@
 """`stockpipe`: run the pipeline or one stage of it from the command line.
 
-Every command is one row of COMMANDS: its options, the published output it needs, and what it runs.
+Every command is one row of COMMANDS: its options, the published output it needs, and what it
+runs, either an action of this module or a flow of flows/pipeline.py. `_parser` builds argparse's
+parser from the rows and `main` runs the chosen row; neither knows a command by name.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -21,6 +25,23 @@ from compute.layout import MODEL_FILE, Layout
 from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, Settings, get_settings
 from compute.stage import StageResult
 from compute.stages.ingest.sources import SourceError, list_files, open_source
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: argparse's flags and keywords, and the flow parameter it fills (if any)."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any]
+    parameter: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flags[0].removeprefix("--").replace("-", "_")
+
+
+def option(*flags: str, parameter: str | None = None, **kwargs: Any) -> Option:
+    return Option(flags, kwargs, parameter)
 
 
 @dataclass(frozen=True)
@@ -38,15 +59,18 @@ class Needs:
         return storage.is_dir(where)
 
 
+Action = Callable[[argparse.Namespace, Layout], int]
+
+
 @dataclass(frozen=True)
 class Command:
     help: str
+    options: tuple[Option, ...]
+    # What it runs: an action of this module, or a flow picked from flows/pipeline.py (imported
+    # only once the arguments are valid, while Prefect's server and Ray start).
+    action: Action | None = None
+    flow: Callable[[ModuleType], Callable[..., Any]] | None = None
     description: str | None = None  # --help's text, when longer than `help`
-    flow: str | None = None  # a flow of flows/pipeline.py, or else `action`
-    action: Callable[[argparse.Namespace, Layout], int] | None = None
-    source: bool = False  # takes --source
-    training: bool = False  # takes --device and --rounds
-    stage: bool = True  # takes --force and --ray-address
     needs: Needs | None = None
     # The output its first stage publishes: when that is missing (or --force), the stage surely
     # has work, so Ray starts up front, beside Prefect's temporary server.
@@ -106,134 +130,6 @@ def _download(args: argparse.Namespace, _layout: Layout) -> int:
     return 0
 
 
-STAGE1 = Needs("stage1", "stage 1 output", "ingest")
-STAGE2 = Needs("stage2", "stage 2 output", "features")
-MODEL = Needs("model", "trained model", "train")
-
-COMMANDS: dict[str, Command] = {
-    "run": Command(
-        "Run the whole pipeline: ingest, features, train, then build the Bento.",
-        flow="stock_pipeline", source=True, training=True, first_output="stage1",
-    ),
-    "ingest": Command(
-        "Stage 1: read every symbol file into <out>/stage1/, bad rows into <out>/quarantine/.",
-        flow="ingest_flow", source=True, first_output="stage1",
-    ),
-    "features": Command(
-        "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.",
-        flow="features_flow", needs=STAGE1, first_output="stage2",
-    ),
-    "train": Command(
-        "Stage 3: train XGBoost on Ray from <out>/stage2/ into <out>/model/.",
-        flow="train_flow", training=True, needs=STAGE2, first_output="model",
-    ),
-    "serve": Command(
-        "Serve the model trained into <out>/model/ with BentoML: GET/POST /predict, POST /predict_batch, "
-        "GET /model.",
-        action=_serve, stage=False, needs=MODEL,
-    ),
-    "containerize": Command(
-        "Build an OCI image of the Bento for the model in <out>/model/ with buildah (no Docker needed; "
-        "the base image is made locally from Debian packages). With Docker, `bentoml containerize` "
-        "is the usual way.",
-        action=_containerize, stage=False, needs=MODEL,
-    ),
-    "download": Command(
-        "Download the Kaggle dataset zip (skipped when a verified copy is there) and verify it.",
-        "Download the Kaggle dataset zip with the kaggle package and verify it (a readable zip in the "
-        "Kaggle layout; size and SHA-256 written next to it). Credentials: KAGGLE_USERNAME and "
-        "KAGGLE_KEY, or ~/.kaggle/kaggle.json. Offline? Give the other commands --source with a "
-        "folder or zip instead.",
-        action=_download, stage=False,
-    ),
-}  # fmt: skip
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="stockpipe",
-        description="Daily US stock and ETF prices: ingest -> features -> train -> serve, orchestrated "
-        "by Prefect on Ray.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, command in COMMANDS.items():
-        sub = commands.add_parser(name, help=command.help, description=command.description or command.help)
-        if command.source:
-            sub.add_argument(
-                "--source",
-                default=str(SAMPLE_SOURCE),
-                metavar="PATH_OR_ZIP",
-                help="Kaggle-layout folder (stocks/, etfs/, symbols_valid_meta.csv), the Kaggle zip, or "
-                "kaggle:OWNER/DATASET to download it first (default: the embedded 39-file sample)",
-            )
-        if name != "download":
-            sub.add_argument(
-                "--out",
-                default=None,
-                metavar="DIR",
-                help="output directory (default: $STOCKPIPE_OUT or ./output)",
-            )
-        if command.stage:
-            sub.add_argument(
-                "--force",
-                action="store_true",
-                help="rebuild every stage, even those whose inputs, code and settings are unchanged",
-            )
-            sub.add_argument(
-                "--ray-address",
-                default=None,
-                metavar="ADDRESS",
-                help="existing Ray cluster to run on (default: $RAY_ADDRESS, else start a local Ray)",
-            )
-            sub.add_argument(
-                "--no-wait",
-                action="store_true",
-                help="if another run is writing the same --out, fail at once instead of waiting for it",
-            )
-        if command.training:
-            sub.add_argument(
-                "--device",
-                choices=["auto", "cpu", "cuda"],
-                default=None,
-                help="where XGBoost trains (default auto: CUDA if the Ray cluster has a GPU, else CPU)",
-            )
-            sub.add_argument(
-                "--rounds", type=_positive_int, default=None, help="boosting rounds (default 40)"
-            )
-        if name == "run":
-            sub.add_argument(
-                "--stop-after",
-                choices=["features", "train", "package"],
-                default="package",
-                help="last stage to run (default: package, i.e. everything)",
-            )
-        if name == "serve":
-            sub.add_argument(
-                "--host", default=None, help="address to bind (default 127.0.0.1: this machine only)"
-            )
-            sub.add_argument("--port", type=_port, default=None, help="port (default 3000)")
-            sub.add_argument(
-                "--access-log",
-                action="store_true",
-                help="log every request (BentoML's access log; about a fifth of the throughput)",
-            )
-        if name == "containerize":
-            sub.add_argument(
-                "--image", default=None, help="image name (default localhost/stockpipe:<Bento version>)"
-            )
-        if name == "download":
-            sub.add_argument(
-                "--dataset", default=DEFAULT_DATASET, help=f"OWNER/DATASET (default {DEFAULT_DATASET})"
-            )
-            sub.add_argument(
-                "--dest", default=None, metavar="DIR", help="where to keep the zip (default ./data/downloads)"
-            )
-            sub.add_argument(
-                "--force", action="store_true", help="download again even if a verified copy is there"
-            )
-    return parser
-
-
 def _port(text: str) -> int:
     port = _positive_int(text)
     if port > 65535:
@@ -251,6 +147,134 @@ def _positive_int(text: str) -> int:
     return value
 
 
+SOURCE = option(
+    "--source",
+    parameter="source",
+    default=str(SAMPLE_SOURCE),
+    metavar="PATH_OR_ZIP",
+    help="Kaggle-layout folder (stocks/, etfs/, symbols_valid_meta.csv), the Kaggle zip, or "
+    "kaggle:OWNER/DATASET to download it first (default: the embedded 39-file sample)",
+)
+OUT = option(
+    "--out", default=None, metavar="DIR", help="output directory (default: $STOCKPIPE_OUT or ./output)"
+)
+FORCE = option(
+    "--force",
+    parameter="force",
+    action="store_true",
+    help="rebuild every stage, even those whose inputs, code and settings are unchanged",
+)
+RAY_ADDRESS = option(
+    "--ray-address",
+    parameter="ray_address",
+    default=None,
+    metavar="ADDRESS",
+    help="existing Ray cluster to run on (default: $RAY_ADDRESS, else start a local Ray)",
+)
+NO_WAIT = option(
+    "--no-wait",
+    action="store_true",
+    help="if another run is writing the same --out, fail at once instead of waiting for it",
+)
+DEVICE = option(
+    "--device",
+    parameter="train_device",
+    choices=["auto", "cpu", "cuda"],
+    default=None,
+    help="where XGBoost trains (default auto: CUDA if the Ray cluster has a GPU, else CPU)",
+)
+ROUNDS = option(
+    "--rounds",
+    parameter="train_rounds",
+    type=_positive_int,
+    default=None,
+    help="boosting rounds (default 40)",
+)
+STOP_AFTER = option(
+    "--stop-after",
+    parameter="stop_after",
+    choices=["features", "train", "package"],
+    default="package",
+    help="last stage to run (default: package, i.e. everything)",
+)
+HOST = option("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+PORT = option("--port", type=_port, default=None, help="port (default 3000)")
+ACCESS_LOG = option(
+    "--access-log",
+    action="store_true",
+    help="log every request (BentoML's access log; it costs throughput: docs/performance.md)",
+)
+IMAGE = option("--image", default=None, help="image name (default localhost/stockpipe:<Bento version>)")
+DATASET = option("--dataset", default=DEFAULT_DATASET, help=f"OWNER/DATASET (default {DEFAULT_DATASET})")
+DEST = option("--dest", default=None, metavar="DIR", help="where to keep the zip (default ./data/downloads)")
+REFETCH = option("--force", action="store_true", help="download again even if a verified copy is there")
+STAGE = (FORCE, RAY_ADDRESS, NO_WAIT)  # every command that runs stages
+TRAINING = (DEVICE, ROUNDS)
+
+STAGE1 = Needs("stage1", "stage 1 output", "ingest")
+STAGE2 = Needs("stage2", "stage 2 output", "features")
+MODEL = Needs("model", "trained model", "train")
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        "Run the whole pipeline: ingest, features, train, then build the Bento.",
+        (SOURCE, OUT, *STAGE, *TRAINING, STOP_AFTER),
+        flow=lambda pipeline: pipeline.stock_pipeline, first_output="stage1",
+    ),
+    "ingest": Command(
+        "Stage 1: read every symbol file into <out>/stage1/, bad rows into <out>/quarantine/.",
+        (SOURCE, OUT, *STAGE),
+        flow=lambda pipeline: pipeline.ingest_flow, first_output="stage1",
+    ),
+    "features": Command(
+        "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.",
+        (OUT, *STAGE),
+        flow=lambda pipeline: pipeline.features_flow, needs=STAGE1, first_output="stage2",
+    ),
+    "train": Command(
+        "Stage 3: train XGBoost on Ray from <out>/stage2/ into <out>/model/.",
+        (OUT, *STAGE, *TRAINING),
+        flow=lambda pipeline: pipeline.train_flow, needs=STAGE2, first_output="model",
+    ),
+    "serve": Command(
+        "Serve the model trained into <out>/model/ with BentoML: GET/POST /predict, POST /predict_batch, "
+        "GET /model.",
+        (OUT, HOST, PORT, ACCESS_LOG),
+        action=_serve, needs=MODEL,
+    ),
+    "containerize": Command(
+        "Build an OCI image of the Bento for the model in <out>/model/ with buildah (no Docker needed; "
+        "the base image is made locally from Debian packages). With Docker, `bentoml containerize` "
+        "is the usual way.",
+        (OUT, IMAGE),
+        action=_containerize, needs=MODEL,
+    ),
+    "download": Command(
+        "Download the Kaggle dataset zip (skipped when a verified copy is there) and verify it.",
+        (DATASET, DEST, REFETCH),
+        action=_download,
+        description="Download the Kaggle dataset zip with the kaggle package and verify it (a readable "
+        "zip in the Kaggle layout; size and SHA-256 written next to it). Credentials: KAGGLE_USERNAME "
+        "and KAGGLE_KEY, or ~/.kaggle/kaggle.json. Offline? Give the other commands --source with a "
+        "folder or zip instead.",
+    ),
+}  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stockpipe",
+        description="Daily US stock and ETF prices: ingest -> features -> train -> serve, orchestrated "
+        "by Prefect on Ray.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.description or command.help)
+        for opt in command.options:
+            sub.add_argument(*opt.flags, **opt.kwargs)
+    return parser
+
+
 def _fail(message: str) -> int:
     print(f"stockpipe: error: {message}", file=sys.stderr)
     return 2
@@ -259,28 +283,28 @@ def _fail(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = COMMANDS[args.command]
-    if args.command == "download":
-        return _download(args, Layout("."))
-    try:
-        out = storage.normalize(args.out or get_settings().out)
-        out_kind = storage.kind(out)
-    except (ValueError, OSError) as exc:
-        return _fail(f"cannot use --out '{args.out}': {exc}")
-    if out_kind == "file":
-        return _fail(f"--out '{out}' exists and is not a directory")
-    layout = Layout(out)
-    if command.source:
+    layout = None
+    if OUT in command.options:
+        try:
+            out = storage.normalize(args.out or get_settings().out)
+            out_kind = storage.kind(out)
+        except (ValueError, OSError) as exc:
+            return _fail(f"cannot use --out '{args.out}': {exc}")
+        if out_kind == "file":
+            return _fail(f"--out '{out}' exists and is not a directory")
+        layout = Layout(out)
+    if SOURCE in command.options:
         try:
             _check_source(args.source)
         except (SourceError, DownloadError) as exc:
             return _fail(str(exc))
-    if command.needs and not command.needs.present(layout):
-        where = getattr(layout, command.needs.output) if command.needs.output == "model" else out
-        return _fail(
-            f"no {command.needs.what} in '{where}': run `stockpipe {command.needs.made_by} --out {out}` first"
-        )
+    if command.needs and layout and not command.needs.present(layout):
+        needs, root = command.needs, layout.root
+        where = getattr(layout, needs.output) if needs.output == "model" else root
+        return _fail(f"no {needs.what} in '{where}': run `stockpipe {needs.made_by} --out {root}` first")
     if command.action:
-        return command.action(args, layout)
+        return command.action(args, layout or Layout("."))
+    assert layout is not None, "a flow command takes --out"
     return _run_flow(command, args, layout)
 
 
@@ -308,8 +332,9 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     first = getattr(layout, command.first_output or "")
     ray_too = settings.force or not publish.is_published(first)
     # Imported while Prefect's server and Ray start, instead of after: the flows, and Ray Train
-    # (about 1.5 s) where a model will be trained.
-    trains = command.training and getattr(args, "stop_after", "train") != "features"
+    # (about 1.5 s) where a model will be trained: a command that takes --rounds and does not
+    # stop before training.
+    trains = ROUNDS in command.options and getattr(args, STOP_AFTER.dest, "train") != "features"
     imports = ("flows.pipeline", "ray.train.xgboost") if trains and ray_too else ("flows.pipeline",)
     try:
         services.start(settings, ray_too=ray_too, imports=imports)
@@ -319,16 +344,11 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
         return _fail(f"cannot reach the Ray cluster at {settings.ray_address}: {exc}")
     from flows import pipeline
 
-    parameters = {"out": layout.root, "ray_address": args.ray_address, "force": args.force}
-    if command.source:
-        parameters["source"] = args.source
-    if command.training:
-        parameters |= {"train_device": args.device, "train_rounds": args.rounds}
-    if args.command == "run":
-        parameters["stop_after"] = args.stop_after
+    assert command.flow is not None
+    parameters = {o.parameter: getattr(args, o.dest) for o in command.options if o.parameter}
     try:
         with services.prefect_api():
-            result = getattr(pipeline, command.flow or "")(**parameters)
+            result = command.flow(pipeline)(**parameters, out=layout.root)
     except DownloadError as exc:  # e.g. the network went away between the check and the download
         return _fail(str(exc))
     _print_outputs(settings.model_copy(update={"out": layout.root}), result)
