@@ -116,3 +116,19 @@ def test_verification_refuses_a_truncated_zip(tmp_path: Path) -> None:
 def test_bad_kaggle_references_are_refused(source: str) -> None:
     with pytest.raises(DownloadError, match="not kaggle:OWNER/DATASET"):
         download.kaggle_dataset(source)
+
+
+def test_the_daily_deployment_reads_the_zip_where_download_writes_it() -> None:
+    """`stockpipe download`, then the `daily` deployment with no edit: its default source is the
+    path download writes, relative to the project root (the worker's working directory)."""
+    import yaml
+
+    from compute.settings import PROJECT_ROOT, Settings
+
+    deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    daily = next(d for d in deployments if d["name"] == "daily")
+    written = download.zip_path(DEFAULT_DATASET, Settings.model_fields["download_dir"].default)
+    assert Path(daily["parameters"]["source"]) == written
+    assert not written.is_absolute()
+    pull = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["pull"]
+    assert pull[0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $PWD }}"
