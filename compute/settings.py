@@ -1,8 +1,13 @@
-"""All tunables in one place; every field can be set from the environment (STOCKPIPE_<NAME>)."""
+"""All tunables in one place; every field can be set from the environment (STOCKPIPE_<NAME>).
+
+Each field's description is its documentation: docs/configuration.md is this module's table
+(`python -m compute.settings` prints it; tests/unit/test_settings.py keeps the two equal).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -11,51 +16,79 @@ from compute.storage import normalize
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SOURCE = PROJECT_ROOT / "data" / "sample"
+ENV_PREFIX = "STOCKPIPE_"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="STOCKPIPE_")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX)
 
-    source: str = str(SAMPLE_SOURCE)
-    # A local or shared-mount path, or a pyarrow filesystem URI such as s3://bucket/prefix.
-    out: str = "output"
-    # An existing Ray cluster; unset starts a local one. Ray's own RAY_ADDRESS is honoured too.
-    ray_address: str | None = Field(
-        default=None, validation_alias=AliasChoices("STOCKPIPE_RAY_ADDRESS", "RAY_ADDRESS")
+    # Input and output.
+    source: str = Field(
+        str(SAMPLE_SOURCE),
+        description="Kaggle-layout folder or zip, kaggle:OWNER/DATASET, or an object-store URI "
+        "(the embedded sample by default)",
     )
-    dashboard_host: str = "127.0.0.1"
-    dashboard_port: int = 8265
-    # CSV bytes handled by one Ray task: big enough to amortise task overhead, small enough
-    # that a worker holds only a few files' worth of rows at once.
-    batch_bytes: int = 6_000_000
-    # A source file larger than this is rejected unread (the largest real file is ~1 MB).
-    max_file_bytes: int = 64 * 1024 * 1024
-    # Rebuild every stage even when its inputs, code and settings are unchanged since the last run.
-    force: bool = False
-    # A second run on the same output waits for the first (True) or refuses at once (False).
-    wait: bool = True
+    out: str = Field(
+        "output",
+        description="where every stage writes: a local or shared-mount path, or a pyarrow "
+        "filesystem URI such as s3://bucket/prefix",
+    )
+    download_dir: Path = Field(
+        Path("data/downloads"), description="where `stockpipe download` and kaggle: sources keep the zip"
+    )
+    max_file_bytes: int = Field(
+        64 * 1024 * 1024,
+        description="a source file larger than this is refused unread (the largest real file is about 1 MB)",
+    )
 
-    # Where `stockpipe download` and kaggle: sources keep the dataset zip.
-    download_dir: Path = Path("data/downloads")
+    # Runs.
+    force: bool = Field(
+        False, description="rebuild every stage even when its inputs, code and settings are unchanged"
+    )
+    wait: bool = Field(
+        True,
+        description="a second run on the same output waits for the first (true) or refuses at once (false)",
+    )
+
+    # Ray.
+    ray_address: str | None = Field(
+        None,
+        validation_alias=AliasChoices("STOCKPIPE_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="an existing Ray cluster to run on; unset starts a local one",
+    )
+    dashboard_host: str = Field("127.0.0.1", description="where a local Ray's dashboard listens")
+    dashboard_port: int = Field(8265, description="its port (another free one when this is taken)")
+    batch_bytes: int = Field(
+        6_000_000,
+        description="CSV bytes one ingest task reads: enough to amortise a task's overhead, few "
+        "enough files that a worker holds little at once",
+    )
 
     # Training (compute/stages/train/; docs/model.md says why these values).
-    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # the latest rows, by date, held out
-    train_rounds: int = Field(default=40, ge=1)
-    train_max_depth: int = Field(default=6, ge=1)
-    train_eta: float = Field(default=0.3, gt=0)
-    train_huber_slope: float = Field(default=0.4, gt=0)
-    train_device: str = "auto"  # auto (CUDA if the Ray cluster has a GPU), cpu or cuda
-    train_workers: int | None = None  # default: one per GPU, else one per CPU (at most 8)
-    # Also fit a second model on a random 80/20 split, for the report's comparison (it doubles the
-    # boosting time; off unless asked for).
-    train_compare_random_split: bool = False
-    seed: int = 42
+    holdout_fraction: float = Field(0.2, gt=0, lt=1, description="the latest rows, by date, held out")
+    train_rounds: int = Field(40, ge=1, description="boosting rounds")
+    train_max_depth: int = Field(6, ge=1, description="XGBoost's max_depth")
+    train_eta: float = Field(0.3, gt=0, description="XGBoost's learning rate")
+    train_huber_slope: float = Field(0.4, gt=0, description="the pseudo-Huber loss's slope")
+    train_device: str = Field(
+        "auto", description="auto (CUDA when the Ray cluster has a GPU, else CPU), cpu or cuda"
+    )
+    train_workers: int | None = Field(
+        None, description="Ray Train workers; unset: one per GPU, else one per CPU (at most 8)"
+    )
+    train_compare_random_split: bool = Field(
+        False,
+        description="also fit a model on a random 80/20 split, for the report's comparison "
+        "(doubles the boosting)",
+    )
+    seed: int = Field(42, description="seeds XGBoost and the random split")
 
     # Serving.
-    serve_host: str = "127.0.0.1"
-    serve_port: int = 3000
-    # BentoML's access log, a line per request; what it costs is in docs/performance.md.
-    serve_access_log: bool = False
+    serve_host: str = Field("127.0.0.1", description="where `stockpipe serve` listens")
+    serve_port: int = Field(3000, description="its port")
+    serve_access_log: bool = Field(
+        False, description="BentoML's access log, a line per request (its cost: docs/performance.md)"
+    )
 
     @field_validator("out", mode="before")
     @classmethod
@@ -71,3 +104,36 @@ class Settings(BaseSettings):
 def get_settings(**overrides: object) -> Settings:
     """Settings from the environment, with explicit (non-None) overrides on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def environment_variables(name: str) -> list[str]:
+    """The environment variables that set a field, as pydantic-settings reads them."""
+    alias = Settings.model_fields[name].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [f"{ENV_PREFIX}{name.upper()}"]
+
+
+def shown(value: Any) -> str:
+    """A default as the docs show it: a path in the project relative to it, `unset` for None."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, Path | str) and Path(str(value)).is_absolute():
+        path = Path(str(value))
+        return str(path.relative_to(PROJECT_ROOT)) if path.is_relative_to(PROJECT_ROOT) else str(path)
+    return str(value)
+
+
+def markdown_table() -> str:
+    """docs/configuration.md's table of every setting."""
+    lines = ["| setting | environment variable | default | meaning |", "|---|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        variables = ", ".join(f"`{v}`" for v in environment_variables(name))
+        lines.append(f"| `{name}` | {variables} | `{shown(field.default)}` | {field.description} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -1,0 +1,41 @@
+"""docs/configuration.md is the settings' reference: it must say exactly what `Settings` does."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from compute.settings import PROJECT_ROOT, Settings, environment_variables, markdown_table, shown
+
+DOC = PROJECT_ROOT / "docs" / "configuration.md"
+
+
+def test_the_configuration_page_lists_every_setting_as_settings_defines_it() -> None:
+    text = DOC.read_text()
+    assert markdown_table() in text, "docs/configuration.md is stale: paste `python -m compute.settings`"
+    documented = re.findall(r"^\| `(\w+)` \|", text, flags=re.MULTILINE)
+    assert documented == list(Settings.model_fields), "every setting, once, in the class's order"
+
+
+@pytest.mark.parametrize("name", [n for n, f in Settings.model_fields.items() if f.default is not None])
+def test_each_documented_variable_sets_its_field(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables in the table are the ones pydantic-settings reads: each one, set to a value,
+    shows in the field."""
+    field = Settings.model_fields[name]
+    value = {bool: "true" if field.default is False else "false", int: "7", float: "0.5"}.get(
+        type(field.default), "/elsewhere"
+    )
+    for variable in environment_variables(name):
+        monkeypatch.setenv(variable, value)
+        got = getattr(Settings(), name)
+        assert shown(got) == value or str(got) == value or got == type(field.default)(value), variable
+        monkeypatch.delenv(variable)
+
+
+def test_ray_address_takes_rays_own_variable_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert Settings().ray_address == "10.0.0.1:6379"
+    assert environment_variables("ray_address") == ["STOCKPIPE_RAY_ADDRESS", "RAY_ADDRESS"]
+    assert Path(shown(Settings.model_fields["source"].default)) == Path("data/sample")
