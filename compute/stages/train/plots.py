@@ -1,18 +1,31 @@
-"""Training report plots (PNG), drawn with matplotlib's non-interactive backend."""
+"""Training report plots (PNG), drawn with matplotlib's non-interactive backend. matplotlib is
+imported when the first plot is drawn, after the model is published: imported before the fit, it
+added about 50 MiB to the peak while Ray Train's workers were alive."""
 
 from __future__ import annotations
 
 import io
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot, imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def learning_curve(history: dict[str, dict[str, list[float]]]) -> bytes:
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
     for split, metrics in history.items():
         for metric, values in metrics.items():
             ax.plot(range(len(values)), values, label=f"{split} {metric}")
@@ -28,7 +41,7 @@ def predicted_vs_actual(sample: dict[str, np.ndarray]) -> bytes:
     """Side by side on log axes: the baseline (vol_moving_avg) and the model, against the truth."""
     # Volume 0 is drawn at 1 so that it shows on a log axis.
     actual = np.maximum(sample["actual"], 1.0)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5.5), sharex=True, sharey=True)
+    fig, axes = _pyplot().subplots(1, 2, figsize=(11, 5.5), sharex=True, sharey=True)
     low, high = float(actual.min()), float(actual.max())
     for ax, key, title in [
         (axes[0], "baseline", "baseline: vol_moving_avg"),
@@ -46,8 +59,8 @@ def predicted_vs_actual(sample: dict[str, np.ndarray]) -> bytes:
     return _png(fig, dpi=100)
 
 
-def _png(fig: plt.Figure, dpi: int) -> bytes:
+def _png(fig: Figure, dpi: int) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    plt.close(fig)
+    _pyplot().close(fig)
     return buffer.getvalue()
