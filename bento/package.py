@@ -1,6 +1,7 @@
-"""Put a trained model into the BentoML model store and build the Bento that serves it. Both are
-content-addressed: the same model files always get the same model version, and the same model with
-the same service files the same Bento version."""
+"""Put a trained model into the BentoML model store and build the Bento that serves it. A model's
+tag is its version in the registry (<out>/models/), which its card records, so the same model
+files always get the same tag; a Bento is content-addressed: the same model with the same service
+files gets the same Bento version."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ def model_tag(model_dir: str) -> str:
 
 
 def _tag(model: bytes, card: contract.ModelCard) -> str:
+    """stock-volume:<its version in the registry>; a model from before the registry is named by
+    its content."""
+    if card.version:
+        return f"{contract.MODEL_NAME}:{card.version}"
     digest = hashlib.sha256(model)
     digest.update(json.dumps(card.to_json(), sort_keys=True).encode())
     return f"{contract.MODEL_NAME}:{digest.hexdigest()[:16]}"

@@ -18,13 +18,18 @@ traceback for bad input.
 from __future__ import annotations
 
 import gc
+import logging
 import os
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
 import pydantic_core
+import xgboost as xgb
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +40,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bento import timeout
 from bento.connections import KeepAliveRequests
 from compute import model as contract
+from compute import publish
+from compute.layout import Layout
 from compute.metrics import Metrics
+
+# Where the champion to follow is (an --out location) and how often to look: from the environment,
+# so that a built Bento follows too (`STOCKPIPE_SERVE_FOLLOW=... bentoml serve stockpipe:...`):
+# BentoML gives a built Bento the arguments it was built with, whatever `--arg` says. The names are
+# the settings' (compute/settings.py), which the service does not import (nor pydantic-settings).
+FOLLOW = os.environ.get("STOCKPIPE_SERVE_FOLLOW", "")
+FOLLOW_SECONDS = float(os.environ.get("STOCKPIPE_SERVE_FOLLOW_SECONDS", "10"))
+log = logging.getLogger("bentoml.stockpipe")  # under BentoML's logger, whose handler prints it
 
 # Let each worker process accept one connection at a time (libuv, under uvloop), so that
 # connections opened together spread over the workers instead of piling onto whichever woke first.
@@ -124,6 +139,10 @@ class ModelInfo(BaseModel):
     """Which model answers, from its model card (model.json)."""
 
     tag: str = Field(description="the model's tag in the BentoML model store")
+    version: str | None = Field(description="its version in the registry (<out>/models/)")
+    follows: str | None = Field(
+        description="the output whose champion this service follows (swapped in place when it changes)"
+    )
     features: list[str]
     target: str
     target_transform: str
@@ -204,36 +223,82 @@ class VolumeService:
 
     def __init__(self) -> None:
         self.ready = False
-        self.booster, self.card = contract.load(Path(self.model_ref.path))
-        self.booster.set_param({"nthread": os.cpu_count() or 1})  # training saved its per-worker count
-        # One row gains nothing from threads, and waking them costs more than the prediction.
-        self.single = self.booster.copy()
-        self.single.set_param({"nthread": 1})
-        self.info = _model_info(str(self.model_ref.tag), self.card)
+        booster, card = contract.load(Path(self.model_ref.path))
+        self.serving = _serving(str(self.model_ref.tag), booster, card)
 
     @bentoml.on_startup
     def _settle(self) -> None:
         """Answer once (the first prediction allocates XGBoost's buffers), then move everything
         loaded so far out of the garbage collector's way: a full collection then walks only what
         requests create, not the ~160,000 objects of BentoML, FastAPI and the model (at 1,000
-        requests/s such collections took 60-80 ms and showed in the tail latency)."""
+        requests/s such collections took 60-80 ms and showed in the tail latency). Then, when
+        told to, follow an output's champion."""
         self.predict_one(51318.0, 216.0)
         gc.collect()
         gc.freeze()
+        if FOLLOW:
+            threading.Thread(target=self._follow, name="follow-champion", daemon=True).start()
         self.ready = True
 
     async def __is_ready__(self) -> bool:
         """/readyz: 503 until the model is loaded and has answered once."""
         return self.ready
 
+    def _follow(self) -> None:
+        """Every FOLLOW_SECONDS, read the champion's card (model.json alone); when it names another
+        model, load that one whole (SHA-256 checked), answer once with it, then swap it in: one
+        attribute assignment, so a request uses the old model or the new, and none fails."""
+        model_dir, said = Layout(FOLLOW).model, ""
+        while True:
+            time.sleep(FOLLOW_SECONDS)
+            try:
+                card = contract.read_card(publish.data_dir(model_dir))
+                if card.model_sha256 == self.serving.card.model_sha256:
+                    continue
+                model, card = contract.read_published(model_dir)
+                tag = f"{contract.MODEL_NAME}:{card.version}" if card.version else "unversioned"
+                self.serving = _serving(tag, contract.booster(model), card)
+                log.info("now serving %s, the champion of %s", tag, FOLLOW)
+                said = ""
+            except Exception as exc:  # unreachable store, no champion: keep serving, look again later
+                if str(exc) != said:
+                    log.warning(
+                        "still serving %s: cannot read the champion of %s: %s",
+                        self.serving.info.tag,
+                        FOLLOW,
+                        exc,
+                    )
+                    said = str(exc)
+
     def predict(self, vol_moving_avg: np.ndarray, adj_close_rolling_med: np.ndarray) -> list[int]:
+        serving = self.serving
         features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)
-        volume = contract.predict_volume(self.booster, self.card, features)
+        volume = contract.predict_volume(serving.booster, serving.card, features)
         return np.rint(volume).astype(np.int64).tolist()
 
     def predict_one(self, vol_moving_avg: float, adj_close_rolling_med: float) -> int:
+        serving = self.serving
         features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)  # one row
-        return int(np.rint(contract.predict_volume(self.single, self.card, features)[0]))
+        return int(np.rint(contract.predict_volume(serving.single, serving.card, features)[0]))
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The model the routes use, replaced whole when a followed champion changes."""
+
+    booster: xgb.Booster
+    single: xgb.Booster  # the same model on one thread: one row gains nothing from more
+    card: contract.ModelCard
+    info: ModelInfo
+
+
+def _serving(tag: str, booster: xgb.Booster, card: contract.ModelCard) -> Serving:
+    booster.set_param({"nthread": os.cpu_count() or 1})  # training saved its per-worker count
+    single = booster.copy()
+    single.set_param({"nthread": 1})
+    serving = Serving(booster, single, card, _model_info(tag, card))
+    contract.predict_volume(single, card, contract.feature_matrix(51318.0, 216.0))  # warm, before use
+    return serving
 
 
 VolumeService.add_asgi_middleware(KeepAliveRequests, requests=100)
@@ -296,12 +361,14 @@ async def predict_batch(request: Request) -> Response:
     "/model", summary="Which model answers", response_model=ModelInfo, responses={"default": OTHER_ERROR}
 )
 async def model() -> Response:
-    return _json(_service().info.model_dump())
+    return _json(_service().serving.info.model_dump())
 
 
 def _model_info(tag: str, card: contract.ModelCard) -> ModelInfo:
     return ModelInfo(
         tag=tag,
+        version=card.version,
+        follows=FOLLOW or None,
         features=card.features,
         target=card.target,
         target_transform=card.target_transform,

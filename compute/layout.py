@@ -1,6 +1,7 @@
 """Every name the pipeline writes under its output location (a path or a pyarrow filesystem URI).
 
-stage1/  quarantine/  stage2/  model/     published folders (compute/publish.py)
+stage1/  quarantine/  stage2/  models/<version>/  model/     published folders (compute/publish.py)
+models/history.json  the champion's history (compute/registry.py)
 reports/ingest.json  reports/features.json  reports/learning_curve.png  reports/predicted_vs_actual.png
 logs/training.log
 """
@@ -16,6 +17,7 @@ from compute.storage import join, normalize
 MODEL_FILE = "model.bin"  # XGBoost's own UBJSON format, never a pickle
 METADATA_FILE = "model.json"
 METRICS_FILE = "metrics.json"
+CHAMPION_FILE = "champion.json"  # in model/ only: which version it is, and the champions before it
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,20 @@ class Layout:
 
     @property
     def model(self) -> str:
+        """The champion: what `serve` and `package` read."""
         return join(self.root, "model")
+
+    @property
+    def models(self) -> str:
+        """Every trained model, a folder per version."""
+        return join(self.root, "models")
+
+    def version(self, name: str) -> str:
+        return join(self.models, name)
+
+    @property
+    def history(self) -> str:
+        return join(self.models, "history.json")
 
     # Single files, each written whole.
     @property

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xgboost as xgb
@@ -53,6 +54,14 @@ class ModelCard(BaseModel):
     versions: dict[str, str]  # of the libraries that trained it
     created: str  # UTC, ISO 8601
     model_sha256: str | None = None  # of model.bin; absent only in models from before it was recorded
+    # Where it came from, for the registry (compute/registry.py); absent in older models.
+    version: str | None = None  # its name in <out>/models/
+    stage2_fingerprint: str | None = None  # the stage 2 it was trained on
+    code_version: str | None = None  # a digest of the code that shapes a model
+    params: dict[str, Any] = {}  # XGBoost's
+    rounds: int | None = None
+    train_rows: int | None = None
+    test_rows: int | None = None
 
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json")
@@ -112,6 +121,14 @@ def read(folder: str | Path) -> tuple[bytes, ModelCard]:
     if card.model_sha256 is not None and card.model_sha256 != sha256(model):
         raise ModelNotWhole(f"{folder}/{MODEL_FILE} does not match the SHA-256 in {METADATA_FILE}")
     return model, card
+
+
+def read_card(folder: str | Path) -> ModelCard:
+    """model.json alone (a following service checks it for a new version without model.bin)."""
+    try:
+        return ModelCard.model_validate_json(read_bytes(join(str(folder), METADATA_FILE)))
+    except (FileNotFoundError, ValidationError) as exc:
+        raise ModelNotWhole(f"no model card in {folder}: {exc}") from None
 
 
 def read_published(model_dir: str, attempts: int = 5) -> tuple[bytes, ModelCard]:

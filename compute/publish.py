@@ -159,15 +159,17 @@ def content_id(final: str, manifest: Manifest | None = None) -> Any:
 
 def remove_leftovers(final: str) -> None:
     """Repair and clean what a killed run left beside a local folder: a published folder moved
-    aside by the two-rename fallback is put back; staging folders are deleted. On an object store,
-    unpublished versions are deleted by the next commit."""
+    aside by the two-rename fallback is put back; every staging folder beside it is deleted (the
+    caller holds the output's lock, so none of them is live; a model version's staging folder is
+    named after a version the next run does not know). On an object store, unpublished versions
+    are deleted by the next commit."""
     if not storage.is_local(final):
         return
     path = Path(final)
     aside = sorted(path.parent.glob(f".{path.name}.*.old"))
     if aside and not path.exists():
         os.rename(aside.pop(), path)
-    for leftover in [*aside, *path.parent.glob(f".{path.name}.*.staging")]:
+    for leftover in [*aside, *path.parent.glob(f".*.{'?' * storage.HIDDEN_ID_LENGTH}.staging")]:
         shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -83,11 +83,30 @@ class Settings(BaseSettings):
     )
     seed: int = Field(42, description="seeds XGBoost and the random split")
 
+    # The model registry and its gate (compute/registry.py, compute/stages/train/gate.py).
+    gate_tolerance_pct: float = Field(
+        0.0,
+        ge=0,
+        description="a new model replaces the champion when its holdout MAE is not worse than the "
+        "champion's by more than this (and it beats the baseline)",
+    )
+    registry_keep: int = Field(
+        10, ge=1, description="model versions kept in <out>/models/, besides every former champion"
+    )
+
     # Serving.
     serve_host: str = Field("127.0.0.1", description="where `stockpipe serve` listens")
     serve_port: int = Field(3000, description="its port")
     serve_access_log: bool = Field(
         False, description="BentoML's access log, a line per request (its cost: docs/performance.md)"
+    )
+    serve_follow: str | None = Field(
+        None,
+        description="an output whose champion the service follows, swapping models in place when "
+        "it changes (`stockpipe serve` sets it to its --out)",
+    )
+    serve_follow_seconds: float = Field(
+        10.0, gt=0, le=30, description="how often a following service checks the champion"
     )
 
     @field_validator("out", mode="before")
@@ -135,5 +154,18 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    print(markdown_table(), end="")
+def write_table(page: Path) -> None:
+    """Replace the settings table in a markdown page (docs/configuration.md) with the current one."""
+    lines = page.read_text().splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.startswith("| setting |"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    page.write_text("".join(lines[:start]) + markdown_table() + "".join(lines[end:]))
+
+
+if __name__ == "__main__":  # `python -m compute.settings [PAGE]`: print the table, or update PAGE's
+    import sys
+
+    if len(sys.argv) > 1:
+        write_table(Path(sys.argv[1]))
+    else:
+        print(markdown_table(), end="")

@@ -111,6 +111,11 @@ class Stage(ABC, Generic[P, R]):
         others are published just before it."""
         return ()
 
+    def previous(self) -> Manifest | None:
+        """The published manifest the plan and the reuse compare with (default: the first output's)."""
+        outputs = self.outputs()
+        return publish.read_manifest(outputs[0]) if outputs else None
+
     @abstractmethod
     def plan(self, previous: Manifest | None) -> P:
         """What the build depends on. `previous` is the published manifest (None with --force)."""
@@ -157,7 +162,7 @@ def run(stage: Stage[P, R]) -> R:
 def _run(stage: Stage[P, R]) -> R:
     started = time.perf_counter()
     settings, outputs = stage.settings, stage.outputs()
-    previous = publish.read_manifest(outputs[0]) if outputs and not settings.force else None
+    previous = None if settings.force else stage.previous()
     plan = stage.plan(previous)
     if not settings.force and (reused := stage.reuse(plan, previous)) is not None:
         result = reused.model_copy(update={"reused": True})

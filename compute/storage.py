@@ -172,9 +172,12 @@ def read_json(location: str) -> Any:
         return None
 
 
+HIDDEN_ID_LENGTH = 12  # hex digits of the id in a hidden sibling's name: .<name>.<id>.<kind>
+
+
 def hidden_sibling(path: Path, kind: str) -> Path:
     """A unique hidden name beside `path`, in the same folder so that a rename onto it is atomic."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.{kind}")
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:HIDDEN_ID_LENGTH]}.{kind}")
 
 
 def write_bytes(data: bytes, location: str | Path) -> None:

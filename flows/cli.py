@@ -22,7 +22,7 @@ from compute import download, lock, publish, storage
 from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
-from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, Settings, get_settings
+from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, Settings, environment_variables, get_settings
 from compute.stage import StageResult
 from compute.stages.ingest.sources import SourceError, list_files, open_source
 
@@ -78,14 +78,21 @@ class Command:
 
 
 def _serve(args: argparse.Namespace, layout: Layout) -> int:
-    """Register <out>/model in the BentoML model store, then become `bentoml serve` for it."""
+    """Register the champion (<out>/model) in the BentoML model store, then become `bentoml serve`
+    for it, following <out>'s champion: a promotion or a rollback is served within
+    serve_follow_seconds, swapped in place."""
     from bento.package import register_model
 
     settings = get_settings(
         serve_host=args.host, serve_port=args.port, serve_access_log=args.access_log or None
     )
     tag = register_model(layout.model)
-    print(f"serving {tag} on http://{settings.serve_host}:{settings.serve_port}", flush=True)
+    os.environ[environment_variables("serve_follow")[0]] = layout.root  # read by bento/service.py
+    print(
+        f"serving {tag} on http://{settings.serve_host}:{settings.serve_port}, following the champion "
+        f"of {layout.root} (checked every {settings.serve_follow_seconds:g} s)",
+        flush=True,
+    )
     command = [sys.executable, "-m", "bentoml", "serve", "bento.service:VolumeService",
                "--arg", f"model_tag={tag}", "--arg", f"access_log={str(settings.serve_access_log).lower()}",
                "--host", settings.serve_host, "--port", str(settings.serve_port),
@@ -110,6 +117,73 @@ def _containerize(args: argparse.Namespace, layout: Layout) -> int:
     )
     print(f"  export it:    buildah push {built} docker-archive:stockpipe.tar  (then `docker load -i`)")
     print(f"  with Docker:  docker run -p 3000:3000 {built} --host 0.0.0.0")
+    return 0
+
+
+def _models(_args: argparse.Namespace, layout: Layout) -> int:
+    """Every model version: when it was trained, its rows, its holdout scores, which is the champion."""
+    from compute import model as contract
+    from compute import registry
+
+    current = registry.champion(layout)
+    print(f"{'version':22} {'trained (UTC)':20} {'rows (train / test)':>22} {'holdout MAE':>12} "
+          f"{'R²':>7} {'vs baseline':>12}")  # fmt: skip
+    for version in registry.versions(layout):
+        try:
+            card = contract.read_card(publish.data_dir(layout.version(version)))
+        except contract.ModelNotWhole as exc:
+            print(f"{version:22} damaged: {exc}")
+            continue
+        model, baseline = card.metrics.time_split, card.metrics.baseline
+        rows = f"{card.train_rows or 0:,} / {card.test_rows or 0:,}"
+        better = f"{100 * (1 - model.mae / baseline.mae):+.1f}%" if baseline.mae else ""
+        mark = "  champion" if current and current.version == version else ""
+        print(f"{version:22} {card.created.replace('T', ' ').rstrip('Z'):20} {rows:>22} "
+              f"{model.mae:12,.0f} {model.r2:7.3f} {better:>12}{mark}")  # fmt: skip
+    if current is None:
+        print("no champion: nothing is served (`stockpipe promote VERSION` makes one the champion)")
+    for change in registry.history(layout)[-5:]:
+        outcome = f"{change.before or 'none'} -> {change.after}" if change.before != change.after else "kept"
+        print(f"  {change.when} {change.why:8} {change.version}: {outcome}; {change.detail}")
+    return 0
+
+
+def _promote(args: argparse.Namespace, layout: Layout) -> int:
+    """Make a version the champion."""
+    from compute import registry
+    from compute.model import MODEL_NAME
+
+    version = args.version.removeprefix(f"{MODEL_NAME}:")
+    return _change_champion(
+        args, layout, lambda: registry.promote(layout, version, "promote", "stockpipe promote")
+    )
+
+
+def _rollback(args: argparse.Namespace, layout: Layout) -> int:
+    """Return to the previous champion."""
+    from compute import registry
+
+    return _change_champion(args, layout, lambda: registry.rollback(layout))
+
+
+def _change_champion(args: argparse.Namespace, layout: Layout, change: Callable[[], Any]) -> int:
+    """Run a change of champion under the output's lock, and say what it did."""
+    from compute import registry
+    from compute.model import MODEL_NAME
+
+    settings = get_settings(wait=False if args.no_wait else None)
+    before = registry.champion(layout)
+    say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        with lock.hold(layout.root, wait=settings.wait, say=say):
+            chosen = change()
+    except registry.RegistryError as exc:
+        return _fail(str(exc))
+    except lock.OutputBusy as exc:
+        return _fail(f"{exc}; wait for it to finish, or leave out --no-wait to wait for it")
+    was = f"{MODEL_NAME}:{before.version}" if before else "none"
+    print(f"champion of {layout.root}: {MODEL_NAME}:{chosen.version} (was {was}); a following "
+          f"`stockpipe serve` answers with it within {settings.serve_follow_seconds:g} s")  # fmt: skip
     return 0
 
 
@@ -211,9 +285,11 @@ REFETCH = option("--force", action="store_true", help="download again even if a 
 STAGE = (FORCE, RAY_ADDRESS, NO_WAIT)  # every command that runs stages
 TRAINING = (DEVICE, ROUNDS)
 
+VERSION = option("version", metavar="VERSION", help="the version to promote (`stockpipe models` lists them)")
 STAGE1 = Needs("stage1", "stage 1 output", "ingest")
 STAGE2 = Needs("stage2", "stage 2 output", "features")
-MODEL = Needs("model", "trained model", "train")
+MODEL = Needs("model", "champion model", "train")
+MODELS = Needs("models", "trained model", "train")
 
 COMMANDS: dict[str, Command] = {
     "run": Command(
@@ -232,18 +308,35 @@ COMMANDS: dict[str, Command] = {
         flow=lambda pipeline: pipeline.features_flow, needs=STAGE1, first_output="stage2",
     ),
     "train": Command(
-        "Stage 3: train XGBoost on Ray from <out>/stage2/ into <out>/model/.",
+        "Stage 3: train XGBoost on Ray from <out>/stage2/ into a new version in <out>/models/; the "
+        "gate makes it the champion, <out>/model/, only when it is not worse than the champion.",
         (OUT, *STAGE, *TRAINING),
         flow=lambda pipeline: pipeline.train_flow, needs=STAGE2, first_output="model",
     ),
+    "models": Command(
+        "List the model versions in <out>/models/: trained when, on how many rows, their holdout "
+        "scores, which is the champion, and the latest changes of champion.",
+        (OUT,),
+        action=_models, needs=MODELS,
+    ),
+    "promote": Command(
+        "Make a model version the champion: what serve and package read (under the output's lock).",
+        (VERSION, OUT, NO_WAIT),
+        action=_promote, needs=MODELS,
+    ),
+    "rollback": Command(
+        "Return to the previous champion (under the output's lock).",
+        (OUT, NO_WAIT),
+        action=_rollback, needs=MODEL,
+    ),
     "serve": Command(
-        "Serve the model trained into <out>/model/ with BentoML: GET/POST /predict, POST /predict_batch, "
-        "GET /model.",
+        "Serve the champion, <out>/model/, with BentoML (GET/POST /predict, POST /predict_batch, GET "
+        "/model), following it: a promotion or a rollback is served within seconds.",
         (OUT, HOST, PORT, ACCESS_LOG),
         action=_serve, needs=MODEL,
     ),
     "containerize": Command(
-        "Build an OCI image of the Bento for the model in <out>/model/ with buildah (no Docker needed; "
+        "Build an OCI image of the Bento for the champion in <out>/model/ with buildah (no Docker needed; "
         "the base image is made locally from Debian packages). With Docker, `bentoml containerize` "
         "is the usual way.",
         (OUT, IMAGE),

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from compute import model as contract
-from compute import publish
+from compute import registry
+from compute.layout import Layout
 from compute.publish import parquet_parts
 from compute.settings import Settings
 from compute.stage import run
@@ -166,7 +167,7 @@ def test_unchanged_rerun_reuses_stages_and_a_changed_file_rebuilds(
 
 
 def test_unchanged_training_reuses_the_model(sample_run: dict[str, Any], tmp_path: Path) -> None:
-    for folder in ("stage2", "model"):
+    for folder in ("stage2", "model", "models"):
         shutil.copytree(sample_run["out"] / folder, tmp_path / folder)
     metrics = run(Train(Settings(out=tmp_path)))
     assert metrics.reused
@@ -213,7 +214,7 @@ def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
         return any(out.glob(".stage1.*.staging/part-*.parquet"))
 
     def training() -> bool:
-        return any(out.glob(".model.*.staging/_work/*"))
+        return any(out.glob("models/.*.staging/_work/*"))
 
     assert _run_until(command, env, staging, tmp_path / "1.log"), "killed too late: ingest had finished"
     assert not (out / "stage1").exists() and any(out.glob(".stage1.*.staging"))
@@ -233,42 +234,52 @@ def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
 def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
     ray_session: str | None, prefect_harness: None, sample_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    """`stockpipe train` SIGKILLed while Ray Train fits, once the new model is staged, and just
-    after it is published: each time model/ holds the old model or the new one, whole (model.json's
-    SHA-256 matches model.bin, metrics.json is the manifest's), never a mix. A reader that keeps
-    loading the model while a training publishes never sees a mix either."""
+    """`stockpipe train` SIGKILLed while Ray Train fits, once the new version is staged, and just
+    after it is published: each time the champion (model/) is whole (model.json's SHA-256 matches
+    model.bin; metrics.json and champion.json name the same version) and every published version
+    is whole, never a mix. A reader that keeps loading the champion while a training publishes a
+    new version and promotes it never sees a mix either."""
     import ray
     from prefect.settings import PREFECT_API_URL
 
     out = tmp_path / "out"
-    for folder in ("stage2", "model"):
+    for folder in ("stage2", "model", "models"):
         shutil.copytree(sample_run["out"] / folder, out / folder)
+    layout = Layout(str(out))
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-    command = [sys.executable, "-m", "flows.cli", "train", "--out", str(out),
-               "--ray-address", ray.get_runtime_context().gcs_address, "--rounds"]  # fmt: skip
+    command = [sys.executable, "-m", "flows.cli", "train", "--force", "--out", str(out),
+               "--ray-address", ray.get_runtime_context().gcs_address]  # fmt: skip
 
     def published() -> tuple[bytes, contract.ModelCard, dict[str, Any]]:
-        """The model as a reader finds it, checked whole: model.bin, model.json, metrics.json."""
+        """The champion as a reader finds it, checked whole."""
         model, card = contract.read(out / "model")
         metrics = json.loads((out / "model" / "metrics.json").read_text())
-        assert publish.read_manifest(str(out / "model")).fingerprint == metrics["fingerprint"]  # type: ignore[union-attr]
+        champion = json.loads((out / "model" / "champion.json").read_text())
+        assert card.version == metrics["version"] == champion["version"]
         return model, card, metrics
 
+    def versions_whole() -> list[str]:
+        for version in registry.versions(layout):
+            _, card = contract.read_published(layout.version(version))
+            assert card.version == version
+        return registry.versions(layout)
+
     moments = {
-        "Ray Train is fitting": lambda: any(out.glob(".model.*.staging/_work/*")),
-        "the new model is staged": lambda: any(out.glob(".model.*.staging/model.*")),
-        "the new model is published": lambda: publish.read_manifest(str(out / "model")) != manifest_before,
+        "Ray Train is fitting": lambda: any(out.glob("models/.*.staging/_work/*")),
+        "the new model is staged": lambda: any(out.glob("models/.*.staging/model.*")),
+        "the new model is published": lambda: len(registry.versions(layout)) > len(before),
     }
     killed = []
     for rounds, (moment, ready) in enumerate(moments.items(), start=5):
         model_before, _, metrics_before = published()
-        manifest_before = publish.read_manifest(str(out / "model"))
-        if _run_until([*command, str(rounds)], env, ready, tmp_path / f"{rounds}.log"):
+        before = versions_whole()
+        if _run_until([*command, "--rounds", str(rounds)], env, ready, tmp_path / f"{rounds}.log"):
             killed.append(moment)
         model, _, metrics = published()
-        assert (model == model_before and metrics == metrics_before) or metrics["rounds"] == rounds, moment
-        if moment == "Ray Train is fitting":
-            assert model == model_before, "killed before publishing, yet the model changed"
+        # A 5-7 round model does not beat the baseline: the champion stays, whole, whatever the moment.
+        assert model == model_before and metrics == metrics_before, moment
+        after = versions_whole()
+        assert after == before or (len(after) == len(before) + 1 and after[:-1] == before), moment
     # The staged moment lasts milliseconds: a kill may land just after it. The others last seconds.
     assert {"Ray Train is fitting", "the new model is published"} <= set(killed), killed
 
@@ -283,10 +294,17 @@ def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
     reader = threading.Thread(target=read_while_training)
     reader.start()
     try:
-        finished = subprocess.run([*command, "9"], env=env, capture_output=True, text=True, timeout=300)
+        # The champion's own settings again: the same model, which ties the champion and is promoted.
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     finally:
         stop_reading.set()
         reader.join()
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
-    assert published()[2]["rounds"] == 9 and all(seen) and len(seen) > 10
+    _, card, metrics = published()
+    assert (
+        metrics["rounds"] == 40
+        and card.version == registry.versions(layout)[-1]
+        and "promoted" in finished.stdout
+    )
+    assert all(seen) and len(seen) > 10
     assert not leftovers(out), "leftovers remain"

@@ -16,7 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from compute import model as contract
-from compute import publish, storage
+from compute import publish, registry, storage
+from compute.layout import Layout
+from compute.settings import Settings
 from harness.procs import free_port, start_server, stop
 from tests.conftest import SAMPLE
 
@@ -69,7 +71,8 @@ def test_folder_on_s3_to_output_on_s3(
 ) -> None:
     from flows.pipeline import stock_pipeline
 
-    result = stock_pipeline(source=s3["uri"]("sample"), out=s3["uri"]("runs/a"), train_rounds=5)
+    # Default rounds: a model that beats the baseline, which the gate makes the first champion.
+    result = stock_pipeline(source=s3["uri"]("sample"), out=s3["uri"]("runs/a"))
     fs = s3["fs"]
     local = sample_run["result"]
     assert result.ingest.rows == local.ingest.rows
@@ -96,14 +99,28 @@ def test_folder_on_s3_to_output_on_s3(
     for key in ("logs/training.log", "reports/ingest.json", "reports/learning_curve.png"):
         assert fs.get_file_info(f"{BUCKET}/runs/a/{key}").type == pafs.FileType.File, key
     log_lines = fs.open_input_stream(f"{BUCKET}/runs/a/logs/training.log").read().decode().splitlines()
-    assert len(log_lines) == 5 and log_lines[0].startswith("round=0 train-")
+    assert len(log_lines) == Settings().train_rounds and log_lines[0].startswith("round=0 train-")
     # Nothing is left behind: no training scratch space, one version per published folder.
     names = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/a", recursive=True))]
     assert not [n for n in names if "/_work" in n]
     for folder in ("stage1", "stage2", "quarantine", "model"):
         versions = {n.split("/")[4] for n in names if n.startswith(f"{BUCKET}/runs/a/{folder}/v-")}
         assert len(versions) == 1, (folder, versions)
-    assert result.package and result.package.model.startswith("stock-volume:")
+    assert result.package and result.package.model == f"stock-volume:{result.train.version}"  # type: ignore[union-attr]
+
+    # The registry on the store: the version published like a stage, the champion, its history;
+    # a promotion and a rollback publish model/ anew, whole, through the store's manifest.
+    layout = Layout(s3["uri"]("runs/a"))
+    version = result.train.version  # type: ignore[union-attr]
+    assert registry.versions(layout) == [version]
+    assert registry.champion(layout).version == version  # type: ignore[union-attr]
+    assert [(c.why, c.after) for c in registry.history(layout)] == [("gate", version)]
+    registry.promote(layout, version, "promote", "the same again")
+    assert registry.rollback(layout).version == version
+    assert contract.read_published(s3["uri"]("runs/a/model"))[1].version == version
+    assert [c.why for c in registry.history(layout)] == ["gate", "promote", "rollback"]
+    names = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/a/model", recursive=True))]
+    assert len({n.split("/")[4] for n in names if "/v-" in n}) == 1, "old champion versions left"
 
 
 def test_zip_on_s3_rebuild_replaces_the_version_and_unchanged_rerun_reuses(

@@ -17,7 +17,7 @@ from compute.stages.ingest.results import (
     RowCounts,
 )
 from compute.stages.train.report import training_markdown
-from compute.stages.train.results import Engine, TimeSplit, Timing, TrainMetrics, TrainRows
+from compute.stages.train.results import Engine, Gate, TimeSplit, Timing, TrainMetrics, TrainRows
 
 
 def report(missing: list[str], failed: list[FailedFile] | None = None) -> IngestReport:
@@ -68,6 +68,7 @@ def test_the_problems_table_lists_quarantine_reasons_and_failed_files() -> None:
 def test_the_training_artifact_carries_its_plots_inline() -> None:
     m = Metrics(mae=1.0, rmse=2.0, r2=0.5, mape_pct=10.0)
     metrics = TrainMetrics(
+        version="20260101-000000-abcd",
         time_split=TimeSplit(
             cutoff="2020-01-01",
             train_dates=["2019-01-01", "2019-12-31"],
@@ -84,6 +85,9 @@ def test_the_training_artifact_carries_its_plots_inline() -> None:
         rounds=40,
         timing=Timing(ray_train_fit_seconds=1.0, boosting_seconds=0.5, load_seconds=0.1),
         fingerprint="f",
+        gate=Gate(
+            rows=20, champion=None, champion_metrics=None, tolerance_pct=0.0, promote=True, reason="test"
+        ),
     )
     png = b"\x89PNG\r\n\x1a\n fake"
     markdown = training_markdown(metrics, {"Learning curve": png})

@@ -14,7 +14,7 @@ DOC = PROJECT_ROOT / "docs" / "configuration.md"
 
 def test_the_configuration_page_lists_every_setting_as_settings_defines_it() -> None:
     text = DOC.read_text()
-    assert markdown_table() in text, "docs/configuration.md is stale: paste `python -m compute.settings`"
+    assert markdown_table() in text, "stale: run `python -m compute.settings docs/configuration.md`"
     documented = re.findall(r"^\| `(\w+)` \|", text, flags=re.MULTILINE)
     assert documented == list(Settings.model_fields), "every setting, once, in the class's order"
 
@@ -39,3 +39,10 @@ def test_ray_address_takes_rays_own_variable_too(monkeypatch: pytest.MonkeyPatch
     assert Settings().ray_address == "10.0.0.1:6379"
     assert environment_variables("ray_address") == ["STOCKPIPE_RAY_ADDRESS", "RAY_ADDRESS"]
     assert Path(shown(Settings.model_fields["source"].default)) == Path("data/sample")
+
+
+def test_the_service_reads_the_follow_settings_by_their_names() -> None:
+    """bento/service.py reads these from the environment itself (a Bento has no pydantic-settings)."""
+    source = (PROJECT_ROOT / "bento" / "service.py").read_text()
+    for name in ("serve_follow", "serve_follow_seconds"):
+        assert f'os.environ.get("{environment_variables(name)[0]}"' in source, name

@@ -47,8 +47,10 @@ def fit(
     layout: tuple[int, dict[str, float]],
     device: str,
     work: str,
+    champion: tuple[bytes, dict[str, Any]] | None = None,
 ) -> Fitted:
-    """Train across `layout` (workers, resources per worker); `work` is scratch space."""
+    """Train across `layout` (workers, resources per worker); `work` is scratch space. Each worker
+    also scores `champion` (model.bin and its card), when given, on its test rows."""
     from ray.train import RunConfig, ScalingConfig  # about 2 s to import
     from ray.train.xgboost import XGBoostTrainer
 
@@ -67,6 +69,7 @@ def fit(
             "seed": settings.seed,
             "compare_random": settings.train_compare_random_split,
             "work_dir": work,
+            "champion": champion,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=device == "cuda", resources_per_worker=per_worker

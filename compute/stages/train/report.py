@@ -1,17 +1,61 @@
-"""The training report for the Prefect UI: model against baseline, with the plots inline."""
+"""The training report: model against baseline with the plots inline, and the gate's decision
+(a line for the terminal and the log, a table for the Prefect UI)."""
 
 from __future__ import annotations
 
 import base64
+from typing import Any
 
+from compute.metrics import Metrics
+from compute.model import MODEL_NAME
 from compute.stages.train.results import TrainMetrics
+
+
+def gate_line(metrics: TrainMetrics) -> str:
+    """e.g. `train: challenger stock-volume:V MAE 23,849,709 vs champion stock-volume:C MAE
+    2,835,834 (baseline 2,923,482) on the same 22,947 rows: champion kept: it is worse ...`"""
+    gate, split = metrics.gate, metrics.time_split
+    said = f"train: challenger {MODEL_NAME}:{metrics.version} MAE {split.model.mae:,.0f}"
+    if gate.champion:
+        scored = f"MAE {gate.champion_metrics.mae:,.0f}" if gate.champion_metrics else "not scored"
+        said += f" vs champion {MODEL_NAME}:{gate.champion} {scored}"
+    said += f" (baseline {split.baseline.mae:,.0f}) on the same {gate.rows:,} rows: "
+    if gate.promote:
+        return said + f"promoted: {gate.reason}"
+    return (
+        said + ("champion kept: " if gate.champion else "not promoted, nothing to serve yet: ") + gate.reason
+    )
+
+
+def gate_table(metrics: TrainMetrics) -> list[dict[str, Any]]:
+    """The challenger, the champion and the baseline on the same rows (a Prefect table artifact)."""
+    gate, split = metrics.gate, metrics.time_split
+    rows: list[tuple[str, str, Metrics | None]] = [
+        ("challenger", f"{MODEL_NAME}:{metrics.version}", split.model),
+        ("champion", f"{MODEL_NAME}:{gate.champion}" if gate.champion else "none", gate.champion_metrics),
+        ("baseline", "Volume = vol_moving_avg", split.baseline),
+    ]
+    decision = "promoted" if gate.promote else "kept out"
+    return [
+        {
+            "model": role,
+            "version": name,
+            "rows": gate.rows,
+            **({k: round(v, 4) for k, v in m.model_dump().items()} if m else {"mae": None}),
+            "decision": decision if role == "challenger" else "",
+            "reason": gate.reason if role == "challenger" else "",
+        }
+        for role, name, m in rows
+    ]
 
 
 def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
     """Model vs baseline on the time holdout (and the random split), with the plots inline (PNG
     data URIs: a browser will not open a file:// link from the Prefect UI)."""
-    split = metrics.time_split
+    split, gate = metrics.time_split, metrics.gate
     rows = [("model, time holdout", split.model), ("baseline, time holdout", split.baseline)]
+    if gate.champion_metrics:
+        rows.insert(1, (f"champion {gate.champion}, same rows", gate.champion_metrics))
     if metrics.random_split:
         rows += [("model, random 80/20", metrics.random_split.model)]
         rows += [("baseline, random 80/20", metrics.random_split.baseline)]
@@ -25,6 +69,8 @@ def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
         f"MAE vs baseline: {split.mae_improvement_pct:+.2f}% better. "
         f"{metrics.engine.workers} workers on {metrics.engine.device}, "
         f"fit {metrics.timing.ray_train_fit_seconds:.1f} s.",
+        "",
+        f"**Gate:** {'promoted' if gate.promote else 'kept out'}: {gate.reason}.",
         "",
     ]
     for title, png in plots.items():

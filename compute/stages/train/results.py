@@ -38,6 +38,7 @@ class WorkerResult(BaseModel):
     train_dates: list[str] | None  # first and last
     test_dates: list[str] | None
     time: FitOutcome  # the time split's model
+    champion: ErrorSums | None = None  # the champion on the same test rows, when there is one
     random: FitOutcome | None  # the random split's, when asked for
 
 
@@ -82,11 +83,25 @@ class Timing(BaseModel):
     stage_seconds: float = 0.0
 
 
+class Gate(BaseModel):
+    """The challenger (this model) against the champion, scored on the same rows: the challenger's
+    time holdout (compute/stages/train/gate.py)."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    rows: int  # the holdout rows both were scored on
+    champion: str | None  # the champion's version, when there was one
+    champion_metrics: Metrics | None  # the champion on those rows (the challenger's are time_split.model)
+    tolerance_pct: float
+    promote: bool  # the decision
+    reason: str
+
+
 class TrainMetrics(StageResult):
-    """model/metrics.json."""
+    """metrics.json of a model version."""
 
     omit_when_default = ("random_split",)
 
+    version: str  # in <out>/models/
     time_split: TimeSplit
     rows: TrainRows
     engine: Engine
@@ -95,6 +110,7 @@ class TrainMetrics(StageResult):
     random_split: RandomSplit | None = None  # only when the random-split comparison was asked for
     timing: Timing
     fingerprint: str
+    gate: Gate
 
     def timed(self, seconds: float) -> Self:
         timing = self.timing.model_copy(update={"stage_seconds": round(seconds, 3)})

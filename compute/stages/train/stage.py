@@ -1,7 +1,9 @@
 """Stage 3, train: XGBoost predicting Volume from the two features, trained across Ray Train
 workers (fit.py, worker.py), evaluated on a time holdout against the naive baseline
-`Volume = vol_moving_avg`, and published as model/ (model.bin, model.json, metrics.json) like any
-other output folder: a reader sees the previous model or the new one, never a mix.
+`Volume = vol_moving_avg` and against the champion on the same rows, and published as a new model
+version, models/<version>/ (model.bin, model.json, metrics.json), like any other output folder.
+After the publish, the gate's decision (gate.py) is applied: the version becomes the champion,
+model/, or the champion stays; either way the history says so (compute/registry.py).
 logs/training.log (every round's loss) and the plots in reports/ are written after the publish.
 
 Ray Train's scratch space (each worker's results) is a `_work` folder inside the model's staging
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 
 import ray
 
-from compute import publish, storage
+from compute import publish, registry, storage
 from compute.layout import METRICS_FILE
 from compute.publish import Manifest, Staging
+from compute.schema import FEATURE_COLUMNS
+from compute.settings import Settings
 from compute.stage import Artifact, Built, Plan, Stage
 from compute.stages.train import params
-from compute.stages.train.report import training_markdown
+from compute.stages.train.report import gate_line, gate_table, training_markdown
 from compute.stages.train.results import Engine, TrainMetrics
 
 # What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
@@ -40,6 +44,8 @@ TRAINING_SETTINGS = {
 class TrainPlan(Plan):
     parts: list[str]  # stage-2 part files
     rows_with_features: int | None  # as stage 2's manifest counts them (None: no manifest)
+    stage2: str  # stage 2's fingerprint, and the code's, for the model card
+    code: str
 
 
 class Train(Stage[TrainPlan, TrainMetrics]):
@@ -48,8 +54,16 @@ class Train(Stage[TrainPlan, TrainMetrics]):
     depends_on = "stage 2, the code and the training settings"
     result_file = METRICS_FILE
 
+    def __init__(self, settings: Settings, progress: object = None) -> None:
+        super().__init__(settings, progress)  # type: ignore[arg-type]
+        self.version = registry.new_version()  # the name this run's model gets, if it trains one
+
     def outputs(self) -> tuple[str, ...]:
-        return (self.layout.model,)
+        return (self.layout.version(self.version),)
+
+    def previous(self) -> Manifest | None:
+        """The newest version's: a re-run with the same stage 2, code and settings reuses it."""
+        return registry.latest_manifest(self.layout)
 
     def plan(self, previous: Manifest | None) -> TrainPlan:
         stage2 = publish.read_manifest(self.layout.stage2)
@@ -64,7 +78,13 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         fingerprint = publish.digest(publish.content_id(self.layout.stage2, stage2), code, training)
         counts = [part.counts for part in stage2.parts.values()] if stage2 else None
         with_features = sum(c.get("rows_with_features", 0) for c in counts) if counts is not None else None
-        return TrainPlan(fingerprint=fingerprint, parts=parts, rows_with_features=with_features)
+        return TrainPlan(
+            fingerprint=fingerprint,
+            parts=parts,
+            rows_with_features=with_features,
+            stage2=str(publish.content_id(self.layout.stage2, stage2)),
+            code=code,
+        )
 
     def build(self, plan: TrainPlan, staging: list[Staging]) -> Built[TrainMetrics]:
         from compute import model as contract
@@ -80,18 +100,26 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         workers, per_worker = params.worker_layout(device, resources, settings, len(plan.parts))
         xgb_params = params.xgb_params(settings, device, int(per_worker["CPU"]))
         self.progress(f"train: {workers} Ray Train workers on {device}, {settings.train_rounds} rounds")
+        champion, scorable = self._champion()
         # The fit is one blocking call: its progress is its workers, none done, then all.
         self.progress.tasks("train", 0, workers)
         work = model_dir.join(WORK)
-        fitted = fit(plan.parts, settings, xgb_params, (workers, per_worker), device, work)
+        fitted = fit(plan.parts, settings, xgb_params, (workers, per_worker), device, work, scorable)
         self.progress.tasks("train", workers, workers)
         storage.remove_dir(work)
 
         engine = Engine(trainer="ray.train.xgboost.XGBoostTrainer", workers=workers, device=device)
         result = summary.summarise(
-            fitted, engine=engine, params=xgb_params, settings=settings, fingerprint=plan.fingerprint
+            fitted,
+            version=self.version,
+            champion=champion,
+            engine=engine,
+            params=xgb_params,
+            settings=settings,
+            fingerprint=plan.fingerprint,
         )
-        contract.write(model_dir.location, fitted.model, summary.model_card(result, plan.parts))
+        card = summary.model_card(result, plan.parts, plan.stage2, plan.code)
+        contract.write(model_dir.location, fitted.model, card)
         history = summary.history(fitted)
         return Built(
             result,
@@ -102,19 +130,66 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             },
         )
 
+    def _champion(self) -> tuple[str | None, tuple[bytes, dict[str, object]] | None]:
+        """The champion's version, and its files for the workers to score when they can: a
+        champion whose files are damaged or whose card asks for other features is not scored, and
+        the gate then keeps it (a person can still promote the new model)."""
+        from compute import model as contract
+
+        current = registry.champion(self.layout)
+        if current is None:
+            return None, None
+        try:
+            model, card = contract.read_published(self.layout.model)
+        except contract.ModelNotWhole:
+            return current.version, None
+        usable = card.features == list(FEATURE_COLUMNS) and card.target_transform == contract.TARGET_TRANSFORM
+        return current.version, (model, card.model_dump(mode="json")) if usable else None
+
+    def report(self, result: TrainMetrics) -> None:
+        """After the publish: the gate's decision, applied once (the version becomes the champion,
+        or the champion stays and the history says why), then old versions are pruned. A reused
+        version whose decision was never recorded (its run was killed in between) has it applied
+        now, unless the champion changed since it was decided."""
+        layout, decided = self.layout, result.gate
+        if any(c.why == "gate" and c.version == result.version for c in registry.history(layout)):
+            return
+        current = registry.champion(layout)
+        before = current.version if current else None
+        if decided.promote and before == decided.champion:
+            registry.promote(layout, result.version, "gate", decided.reason)
+        else:
+            detail = (
+                decided.reason if before == decided.champion else "the champion changed since the decision"
+            )
+            registry.record(
+                layout,
+                registry.Change(
+                    when=registry.now(), why="gate", version=result.version, before=before, after=before,
+                    detail=detail,
+                ),
+            )  # fmt: skip
+        registry.prune(layout, self.settings.registry_keep)
+        self.progress(gate_line(result))
+
     def artifacts(self, result: TrainMetrics) -> list[Artifact]:
         plots = {
             "Learning curve": storage.read_bytes(self.layout.learning_curve),
             "Predicted vs actual volume": storage.read_bytes(self.layout.predicted_vs_actual),
         }
-        return [Artifact("training-metrics", "Model vs baseline", markdown=training_markdown(result, plots))]
+        return [
+            Artifact("training-metrics", "Model vs baseline", markdown=training_markdown(result, plots)),
+            Artifact("training-gate", gate_line(result), table=gate_table(result)),
+        ]
 
     def describe(self, result: TrainMetrics) -> list[str]:
         split_, model, base = result.time_split, result.time_split.model, result.time_split.baseline
         return [
             f"train: time holdout from {split_.cutoff}: MAE {model.mae:,.0f} vs baseline "
             f"{base.mae:,.0f} ({split_.mae_improvement_pct:+.1f}%), R² {model.r2:.3f} vs {base.r2:.3f}",
-            f"  model:      {self.layout.model}/ (model.bin, model.json, metrics.json)",
+            gate_line(result),
+            f"  version:    {self.layout.version(result.version)}/ (model.bin, model.json, metrics.json)",
+            f"  champion:   {self.layout.model}/ (what serve and package read; `stockpipe models` lists all)",
             f"  log:        {self.layout.training_log}",
             f"  plots:      {self.layout.reports}/{storage.basename(self.layout.learning_curve)}, "
             f"{storage.basename(self.layout.predicted_vs_actual)}",

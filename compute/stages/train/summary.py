@@ -15,10 +15,12 @@ from compute import storage
 from compute.metrics import Metrics, merge_all
 from compute.model import HoldoutMetrics, ModelCard
 from compute.settings import Settings
+from compute.stages.train import gate
 from compute.stages.train.fit import Fitted
 from compute.stages.train.results import (
     Engine,
     FitOutcome,
+    Gate,
     History,
     RandomSplit,
     TimeSplit,
@@ -29,9 +31,17 @@ from compute.stages.train.results import (
 
 
 def summarise(
-    fitted: Fitted, *, engine: Engine, params: dict[str, object], settings: Settings, fingerprint: str
+    fitted: Fitted,
+    *,
+    version: str,
+    champion: str | None,
+    engine: Engine,
+    params: dict[str, object],
+    settings: Settings,
+    fingerprint: str,
 ) -> TrainMetrics:
-    """One TrainMetrics from every worker's result (each read its own stage-2 parts)."""
+    """One TrainMetrics from every worker's result (each read its own stage-2 parts), with the
+    gate's comparison of this model and the champion (its version, or None) on the same rows."""
     results = fitted.workers
 
     def merged(outcomes: list[FitOutcome], which: str) -> Metrics:
@@ -53,13 +63,23 @@ def summarise(
             model=merged(randoms, "model"),
             baseline=merged(randoms, "baseline"),
         )
+    scored = [r.champion for r in results if r.champion is not None]
+    champion_metrics = merge_all(scored).summary() if champion and len(scored) == len(results) else None
+    test_rows = sum(o.test_rows for o in timed)
+    decision = gate.decide(
+        model.mae,
+        baseline.mae,
+        champion_metrics.mae if champion_metrics else None,
+        settings.gate_tolerance_pct,
+    )
     return TrainMetrics(
+        version=version,
         time_split=TimeSplit(
             cutoff=results[0].cutoff,  # the same on every worker
             train_dates=span([r.train_dates for r in results]),
             test_dates=span([r.test_dates for r in results]),
             train_rows=sum(o.train_rows for o in timed),
-            test_rows=sum(o.test_rows for o in timed),
+            test_rows=test_rows,
             model=model,
             baseline=baseline,
             mae_improvement_pct=100.0 * (1 - model.mae / baseline.mae) if baseline.mae else None,
@@ -83,6 +103,14 @@ def summarise(
             ray_train_stop_seconds=round(fitted.ended - max(r.ended for r in results), 3),
         ),
         fingerprint=fingerprint,
+        gate=Gate(
+            rows=test_rows,
+            champion=champion,
+            champion_metrics=champion_metrics,
+            tolerance_pct=settings.gate_tolerance_pct,
+            promote=decision.promote,
+            reason=decision.reason,
+        ),
     )
 
 
@@ -101,9 +129,17 @@ def training_log(history: History) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(metrics: TrainMetrics, stage2_parts: list[str]) -> ModelCard:
-    """model.json, less model.bin's SHA-256 (compute.model.write adds it)."""
+def model_card(metrics: TrainMetrics, stage2_parts: list[str], stage2: str, code: str) -> ModelCard:
+    """model.json, less model.bin's SHA-256 (compute.model.write adds it); `stage2` and `code` are
+    the fingerprints of the stage 2 and the code it was trained with."""
     return ModelCard(
+        version=metrics.version,
+        stage2_fingerprint=stage2,
+        code_version=code,
+        params=metrics.params,
+        rounds=metrics.rounds,
+        train_rows=metrics.time_split.train_rows,
+        test_rows=metrics.time_split.test_rows,
         objective=str(metrics.params["objective"]),
         training_window=metrics.time_split.train_dates,
         holdout_cutoff=metrics.time_split.cutoff,

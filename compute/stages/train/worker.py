@@ -114,6 +114,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if config["compare_random"]
         else None
     )
+    champion = score_champion(config.get("champion"), shard, shard["time_test"])
 
     test = shard["time_test"]
     rng = np.random.default_rng([config["seed"], rank])
@@ -141,9 +142,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         train_dates=_span(shard["date"][~test]),
         test_dates=_span(shard["date"][test]),
         time=timed.outcome,
+        champion=champion,
         random=rand.outcome if rand else None,
     )
     storage.write_bytes(result.model_dump_json().encode(), storage.join(work, f"rank-{rank}.json"))
+
+
+def score_champion(
+    champion: tuple[bytes, dict[str, Any]] | None, shard: dict[str, np.ndarray], test: np.ndarray
+) -> ErrorSums | None:
+    """The champion (its model.bin and card) on this worker's test rows, applying its own recorded
+    target transform: the gate compares it with the new model on exactly these rows."""
+    if champion is None:
+        return None
+    model, card = champion
+    booster = contract.booster(model)
+    predicted = contract.predict_volume(booster, contract.ModelCard.model_validate(card), shard["x"][test])
+    return ErrorSums.of(shard["volume"][test], predicted)
 
 
 def _span(dates: np.ndarray) -> list[str] | None:
