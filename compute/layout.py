@@ -3,6 +3,7 @@
 stage1/  quarantine/  stage2/  models/<version>/  model/     published folders (compute/publish.py)
 models/history.json  the champion's history (compute/registry.py)
 reports/ingest.json  reports/features.json  reports/learning_curve.png  reports/predicted_vs_actual.png
+reports/backtest.png (when the backtest runs)
 logs/training.log
 """
 
@@ -77,6 +78,10 @@ class Layout:
     @property
     def predicted_vs_actual(self) -> str:
         return join(self.reports, "predicted_vs_actual.png")
+
+    @property
+    def backtest_plot(self) -> str:
+        return join(self.reports, "backtest.png")
 
     @property
     def logs(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import xgboost as xgb
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compute import publish
 from compute.layout import METADATA_FILE, MODEL_FILE
@@ -37,6 +37,19 @@ class ModelNotWhole(ValueError):
 class HoldoutMetrics(BaseModel):
     time_split: Metrics  # the model on the time holdout
     baseline: Metrics  # the naive Volume = vol_moving_avg on the same rows
+
+
+class Fold(BaseModel):
+    """One walk-forward fold of the backtest: trained on every row before `year`, tested on the
+    rows within it."""
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    year: int
+    train_rows: int
+    test_rows: int
+    model: Metrics
+    baseline: Metrics
+    mae_improvement_pct: float | None
 
 
 class ModelCard(BaseModel):
@@ -62,6 +75,7 @@ class ModelCard(BaseModel):
     rounds: int | None = None
     train_rows: int | None = None
     test_rows: int | None = None
+    backtest: list[Fold] | None = None  # the walk-forward folds, when they were run
 
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json")

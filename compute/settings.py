@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         description="also fit a model on a random 80/20 split, for the report's comparison "
         "(doubles the boosting)",
     )
+    train_backtest_folds: int = Field(
+        0,
+        ge=0,
+        description="walk-forward folds over the latest years, each trained on every row before "
+        "its year (each costs about one more fit; the daily deployment asks for 4)",
+    )
     seed: int = Field(42, description="seeds XGBoost and the random split")
 
     # The model registry and its gate (compute/registry.py, compute/stages/train/gate.py).

@@ -211,14 +211,24 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive")
-    return value
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number, at least `least`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(
+                f"{value} is not {'positive' if least == 1 else f'at least {least}'}"
+            )
+        return value
+
+    return parse
+
+
+_positive_int, _whole_number = _at_least(1), _at_least(0)
 
 
 SOURCE = option(
@@ -264,6 +274,14 @@ ROUNDS = option(
     default=None,
     help="boosting rounds (default 40)",
 )
+BACKTEST = option(
+    "--backtest-folds",
+    parameter="train_backtest_folds",
+    type=_whole_number,
+    default=None,
+    metavar="N",
+    help="also score walk-forward folds over the latest N years (default 0: none)",
+)
 STOP_AFTER = option(
     "--stop-after",
     parameter="stop_after",
@@ -283,7 +301,7 @@ DATASET = option("--dataset", default=DEFAULT_DATASET, help=f"OWNER/DATASET (def
 DEST = option("--dest", default=None, metavar="DIR", help="where to keep the zip (default ./data/downloads)")
 REFETCH = option("--force", action="store_true", help="download again even if a verified copy is there")
 STAGE = (FORCE, RAY_ADDRESS, NO_WAIT)  # every command that runs stages
-TRAINING = (DEVICE, ROUNDS)
+TRAINING = (DEVICE, ROUNDS, BACKTEST)
 
 VERSION = option("version", metavar="VERSION", help="the version to promote (`stockpipe models` lists them)")
 STAGE1 = Needs("stage1", "stage 1 output", "ingest")

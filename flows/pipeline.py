@@ -124,12 +124,16 @@ def stock_pipeline(
     train_rounds: int | None = None,
     stop_after: Literal["features", "train", "package"] = "package",
     force: bool = False,
+    train_backtest_folds: int | None = None,
 ) -> PipelineResult:
     """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
     model, and build the Bento, all under `out` (or stop after an earlier stage)."""
-    settings = _settings(
-        source, out, ray_address, force, train_device=train_device, train_rounds=train_rounds
-    )
+    training = {
+        "train_device": train_device,
+        "train_rounds": train_rounds,
+        "train_backtest_folds": train_backtest_folds,
+    }
+    settings = _settings(source, out, ray_address, force, **training)
     with _holding(settings):
         result = PipelineResult(ingest=ingest(settings))
         result.features = features(settings)
@@ -163,7 +167,13 @@ def train_flow(
     train_device: str | None = None,
     train_rounds: int | None = None,
     force: bool = False,
+    train_backtest_folds: int | None = None,
 ) -> TrainMetrics:
-    settings = _settings(None, out, ray_address, force, train_device=train_device, train_rounds=train_rounds)
+    training = {
+        "train_device": train_device,
+        "train_rounds": train_rounds,
+        "train_backtest_folds": train_backtest_folds,
+    }
+    settings = _settings(None, out, ray_address, force, **training)
     with _holding(settings):
         return train(settings)

@@ -129,7 +129,9 @@ def test_promote_rollback_and_a_better_challenger(
     assert promoted.returncode == 0 and champion(out) == bad, promoted.stderr
     assert f"champion of {out}: stock-volume:{bad} (was stock-volume:{good})" in promoted.stdout
 
-    result = train(out)  # the champion's settings: a model far better than the 1-round champion
+    # The champion's settings, and two backtest folds (test_the_backtest_... reads them): a model
+    # far better than the 1-round champion.
+    result = train(out, "--backtest-folds", "2")
     better = registry.versions(layout)[-1]
     assert "promoted: it is not worse than the champion by more than 0%" in gate_line(result)
     assert champion(out) == better
@@ -152,6 +154,32 @@ def test_promote_rollback_and_a_better_challenger(
     rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:] if line[:8].isdigit()}
     assert set(rows) == set(registry.versions(layout)) and rows[good].endswith("champion")
     assert not leftovers(out)
+
+
+def test_the_backtest_scores_walk_forward_folds(out: Path) -> None:
+    """The version test_promote_rollback_... trained with two folds: the latest two full years,
+    each trained on every earlier row; its rows and its baseline's MAE match stage 2's, computed
+    here with pandas."""
+    import pyarrow.parquet as pq
+
+    version = registry.versions(Layout(str(out)))[2]
+    metrics = json.loads((out / "models" / version / "metrics.json").read_text())
+    folds = metrics["backtest"]
+    assert [f["year"] for f in folds] == [2019, 2020]  # the sample ends in January 2021: no fold
+    assert metrics["timing"]["backtest_seconds"] > 0
+    rows = (
+        pq.read_table(out / "stage2").to_pandas().dropna(subset=["vol_moving_avg", "adj_close_rolling_med"])
+    )
+    year = rows["Date"].str[:4].astype(int)
+    for fold in folds:
+        test = rows[year == fold["year"]]
+        assert fold["train_rows"] == int((year < fold["year"]).sum()) and fold["test_rows"] == len(test)
+        baseline = (test["Volume"] - test["vol_moving_avg"]).abs().mean()
+        assert fold["baseline"]["mae"] == pytest.approx(baseline, rel=1e-9)
+        assert fold["model"]["mae"] > 0
+    _, card = contract.read_published(str(out / "models" / version))
+    assert [f.year for f in card.backtest or []] == [2019, 2020]
+    assert (out / "reports" / "backtest.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_tampered_version_is_refused_by_its_sha256(out: Path, tmp_path: Path) -> None:
@@ -246,3 +274,37 @@ def test_serving_follows_a_promote_and_a_rollback_with_no_failed_request(out: Pa
     log = (tmp_path / "serve.log").read_text()
     assert f"now serving stock-volume:{other}, the champion of {out}" in log
     print(f"wrk through a promote and a rollback: {report}; swapped after {swaps}")
+
+
+def test_a_built_bento_follows_the_champion_only_when_told(
+    sample_run: dict[str, Any], out: Path, tmp_path: Path
+) -> None:
+    """The sample run's Bento serves the model it was built with; given STOCKPIPE_SERVE_FOLLOW, it
+    follows an output's champion instead, and a promotion there reaches it."""
+    built = sample_run["result"].package
+    layout = Layout(str(out))
+    port = free_port()
+    env = {**os.environ, "STOCKPIPE_SERVE_FOLLOW": str(out), "STOCKPIPE_SERVE_FOLLOW_SECONDS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        built.bento,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    url, server = start_server(command, port, tmp_path / "bento.log", env=env)
+    try:
+        for target in (champion(out), next(v for v in registry.versions(layout) if v != champion(out))):
+            if target != champion(out):
+                assert stockpipe("promote", target, "--out", str(out)).returncode == 0
+            deadline = time.monotonic() + 15
+            while (info := httpx.get(f"{url}/model").json())["version"] != target:
+                assert time.monotonic() < deadline, (target, info["version"])
+                time.sleep(0.2)
+            assert info["follows"] == str(out) and info["tag"] == f"stock-volume:{target}"
+    finally:
+        stop(server)

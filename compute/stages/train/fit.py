@@ -70,6 +70,7 @@ def fit(
             "compare_random": settings.train_compare_random_split,
             "work_dir": work,
             "champion": champion,
+            "backtest_folds": settings.train_backtest_folds,
         },
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=device == "cuda", resources_per_worker=per_worker

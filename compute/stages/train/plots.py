@@ -13,6 +13,8 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from compute.model import Fold
+
 
 def _pyplot() -> ModuleType:
     """matplotlib.pyplot, imported on first use."""
@@ -57,6 +59,22 @@ def predicted_vs_actual(sample: dict[str, np.ndarray]) -> bytes:
     fig.suptitle(f"Time holdout, {len(actual):,} sampled rows")
     fig.tight_layout()
     return _png(fig, dpi=100)
+
+
+def backtest(folds: list[Fold]) -> bytes:
+    """MAE per walk-forward fold: the model beside the baseline, year by year."""
+    fig, ax = _pyplot().subplots(figsize=(7, 4))
+    years = np.arange(len(folds))
+    ax.bar(years - 0.2, [f.baseline.mae for f in folds], width=0.4, label="baseline: vol_moving_avg")
+    ax.bar(years + 0.2, [f.model.mae for f in folds], width=0.4, label="model")
+    ax.set_xticks(years, [str(f.year) for f in folds])
+    ax.set_xlabel("test year (trained on every earlier row)")
+    ax.set_ylabel("MAE (shares)")
+    ax.set_title("Backtest: walk-forward folds")
+    ax.set_ylim(0, 1.25 * max(max(f.baseline.mae, f.model.mae) for f in folds))  # room for the legend
+    ax.legend(loc="upper center", ncol=2)
+    fig.tight_layout()
+    return _png(fig, dpi=110)
 
 
 def _png(fig: Figure, dpi: int) -> bytes:

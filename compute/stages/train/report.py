@@ -73,6 +73,21 @@ def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
         f"**Gate:** {'promoted' if gate.promote else 'kept out'}: {gate.reason}.",
         "",
     ]
+    if metrics.backtest:
+        lines += [
+            "## Backtest: walk-forward folds",
+            "",
+            "| test year | train rows | test rows | model MAE | baseline MAE | MAE vs baseline "
+            "| model R² | baseline R² |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *[
+                f"| {f.year} | {f.train_rows:,} | {f.test_rows:,} | {f.model.mae:,.0f} "
+                f"| {f.baseline.mae:,.0f} | {f.mae_improvement_pct or 0:+.1f}% | {f.model.r2:.4f} "
+                f"| {f.baseline.r2:.4f} |"
+                for f in metrics.backtest
+            ],
+            "",
+        ]
     for title, png in plots.items():
         lines += [
             f"## {title}",

@@ -8,6 +8,7 @@ from typing import Any, Self
 from pydantic import BaseModel, ConfigDict
 
 from compute.metrics import ErrorSums, Metrics
+from compute.model import Fold
 from compute.stage import StageResult
 
 History = dict[str, dict[str, list[float]]]  # split ("train", "validation") -> metric -> per round
@@ -25,6 +26,13 @@ class FitOutcome(BaseModel):
     test_rows: int
 
 
+class FoldOutcome(BaseModel):
+    """One walk-forward fold of the backtest on one worker."""
+
+    year: int
+    outcome: FitOutcome
+
+
 class WorkerResult(BaseModel):
     """What one Ray Train worker reports (rank-N.json)."""
 
@@ -40,6 +48,7 @@ class WorkerResult(BaseModel):
     time: FitOutcome  # the time split's model
     champion: ErrorSums | None = None  # the champion on the same test rows, when there is one
     random: FitOutcome | None  # the random split's, when asked for
+    backtest: list[FoldOutcome] = []  # the walk-forward folds, when asked for
 
 
 class TimeSplit(BaseModel):
@@ -80,6 +89,7 @@ class Timing(BaseModel):
     load_seconds: float
     ray_train_start_seconds: float = 0.0
     ray_train_stop_seconds: float = 0.0
+    backtest_seconds: float = 0.0  # boosting the walk-forward folds
     stage_seconds: float = 0.0
 
 
@@ -99,7 +109,7 @@ class Gate(BaseModel):
 class TrainMetrics(StageResult):
     """metrics.json of a model version."""
 
-    omit_when_default = ("random_split",)
+    omit_when_default = ("random_split", "backtest")
 
     version: str  # in <out>/models/
     time_split: TimeSplit
@@ -108,6 +118,7 @@ class TrainMetrics(StageResult):
     params: dict[str, Any]
     rounds: int
     random_split: RandomSplit | None = None  # only when the random-split comparison was asked for
+    backtest: list[Fold] | None = None  # only when folds were asked for (train_backtest_folds)
     timing: Timing
     fingerprint: str
     gate: Gate

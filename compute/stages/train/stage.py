@@ -36,7 +36,7 @@ CODE = (
 WORK = "_work"
 TRAINING_SETTINGS = {
     "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
-    "train_workers", "train_compare_random_split", "seed", "train_device",
+    "train_workers", "train_compare_random_split", "seed", "train_device", "train_backtest_folds",
 }  # fmt: skip
 
 
@@ -121,14 +121,14 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         card = summary.model_card(result, plan.parts, plan.stage2, plan.code)
         contract.write(model_dir.location, fitted.model, card)
         history = summary.history(fitted)
-        return Built(
-            result,
-            reports={
-                layout.training_log: lambda: summary.training_log(history).encode(),
-                layout.learning_curve: lambda: plots.learning_curve(history),
-                layout.predicted_vs_actual: lambda: plots.predicted_vs_actual(fitted.sample),
-            },
-        )
+        reports = {
+            layout.training_log: lambda: summary.training_log(history).encode(),
+            layout.learning_curve: lambda: plots.learning_curve(history),
+            layout.predicted_vs_actual: lambda: plots.predicted_vs_actual(fitted.sample),
+        }
+        if result.backtest:
+            reports[layout.backtest_plot] = lambda: plots.backtest(result.backtest or [])
+        return Built(result, reports=reports)
 
     def _champion(self) -> tuple[str | None, tuple[bytes, dict[str, object]] | None]:
         """The champion's version, and its files for the workers to score when they can: a
@@ -177,6 +177,8 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             "Learning curve": storage.read_bytes(self.layout.learning_curve),
             "Predicted vs actual volume": storage.read_bytes(self.layout.predicted_vs_actual),
         }
+        if result.backtest:
+            plots["Backtest: MAE per walk-forward fold"] = storage.read_bytes(self.layout.backtest_plot)
         return [
             Artifact("training-metrics", "Model vs baseline", markdown=training_markdown(result, plots)),
             Artifact("training-gate", gate_line(result), table=gate_table(result)),
@@ -190,6 +192,15 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             gate_line(result),
             f"  version:    {self.layout.version(result.version)}/ (model.bin, model.json, metrics.json)",
             f"  champion:   {self.layout.model}/ (what serve and package read; `stockpipe models` lists all)",
+            *(
+                [
+                    "  backtest:   "
+                    + ", ".join(f"{f.year} {f.mae_improvement_pct or 0:+.1f}%" for f in result.backtest)
+                    + " (MAE against the baseline's, by test year)"
+                ]
+                if result.backtest
+                else []
+            ),
             f"  log:        {self.layout.training_log}",
             f"  plots:      {self.layout.reports}/{storage.basename(self.layout.learning_curve)}, "
             f"{storage.basename(self.layout.predicted_vs_actual)}",

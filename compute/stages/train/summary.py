@@ -13,7 +13,7 @@ import xgboost as xgb
 
 from compute import storage
 from compute.metrics import Metrics, merge_all
-from compute.model import HoldoutMetrics, ModelCard
+from compute.model import Fold, HoldoutMetrics, ModelCard
 from compute.settings import Settings
 from compute.stages.train import gate
 from compute.stages.train.fit import Fitted
@@ -27,6 +27,7 @@ from compute.stages.train.results import (
     Timing,
     TrainMetrics,
     TrainRows,
+    WorkerResult,
 )
 
 
@@ -74,6 +75,7 @@ def summarise(
     )
     return TrainMetrics(
         version=version,
+        backtest=backtest(results) or None,
         time_split=TimeSplit(
             cutoff=results[0].cutoff,  # the same on every worker
             train_dates=span([r.train_dates for r in results]),
@@ -101,6 +103,7 @@ def summarise(
             # is done, stopping them.
             ray_train_start_seconds=round(min(r.began for r in results) - fitted.began, 3),
             ray_train_stop_seconds=round(fitted.ended - max(r.ended for r in results), 3),
+            backtest_seconds=round(max(sum(f.outcome.seconds for f in r.backtest) for r in results), 3),
         ),
         fingerprint=fingerprint,
         gate=Gate(
@@ -112,6 +115,27 @@ def summarise(
             reason=decision.reason,
         ),
     )
+
+
+def backtest(results: list[WorkerResult]) -> list[Fold]:
+    """Each walk-forward fold's metrics over every worker's rows (the same folds on every worker)."""
+    folds = []
+    for i, first in enumerate(results[0].backtest):
+        outcomes = [r.backtest[i].outcome for r in results]
+        model, baseline = (
+            merge_all([getattr(o, k) for o in outcomes]).summary() for k in ("model", "baseline")
+        )
+        folds.append(
+            Fold(
+                year=first.year,
+                train_rows=sum(o.train_rows for o in outcomes),
+                test_rows=sum(o.test_rows for o in outcomes),
+                model=model,
+                baseline=baseline,
+                mae_improvement_pct=100.0 * (1 - model.mae / baseline.mae) if baseline.mae else None,
+            )
+        )
+    return folds
 
 
 def history(fitted: Fitted) -> History:
@@ -140,6 +164,7 @@ def model_card(metrics: TrainMetrics, stage2_parts: list[str], stage2: str, code
         rounds=metrics.rounds,
         train_rows=metrics.time_split.train_rows,
         test_rows=metrics.time_split.test_rows,
+        backtest=metrics.backtest,
         objective=str(metrics.params["objective"]),
         training_window=metrics.time_split.train_dates,
         holdout_cutoff=metrics.time_split.cutoff,

@@ -26,7 +26,7 @@ from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.stages.train import split
-from compute.stages.train.results import FitOutcome, History, WorkerResult
+from compute.stages.train.results import FitOutcome, FoldOutcome, History, WorkerResult
 
 PLOT_SAMPLE_PER_WORKER = 5_000
 
@@ -64,7 +64,15 @@ class Fit:
     outcome: FitOutcome
 
 
-def fit_split(params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray], test: np.ndarray) -> Fit:
+def fit_split(
+    params: dict[str, Any],
+    rounds: int,
+    shard: dict[str, np.ndarray],
+    test: np.ndarray,
+    train: np.ndarray | None = None,
+) -> Fit:
+    """Train on `train` (default: every row not in `test`) and evaluate on `test`."""
+    train = ~test if train is None else train
     x, volume, m = shard["x"], shard["volume"], shard["x"][:, 0]
     target = contract.to_target(volume, m)
     # Weight by vol_moving_avg²: m²·(ratio error)² is the squared error in shares, so the loss
@@ -72,11 +80,11 @@ def fit_split(params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray],
     # Normalised to a mean of 1 over all workers' training rows, so that XGBoost's regularisation
     # (lambda, min_child_weight) keeps its usual scale whatever the volumes are.
     sums = collective.allreduce(
-        np.array([np.sum(m[~test] ** 2), (~test).sum()], dtype=np.float64), collective.Op.SUM
+        np.array([np.sum(m[train] ** 2), train.sum()], dtype=np.float64), collective.Op.SUM
     )
     weight = m**2 / max(sums[0] / max(sums[1], 1.0), 1e-12)
     names = list(FEATURE_COLUMNS)
-    dtrain = xgb.QuantileDMatrix(x[~test], target[~test], weight=weight[~test], feature_names=names)
+    dtrain = xgb.QuantileDMatrix(x[train], target[train], weight=weight[train], feature_names=names)
     dtest = xgb.DMatrix(x[test], target[test], weight=weight[test], feature_names=names)
     history: History = {}
     started = time.perf_counter()
@@ -91,10 +99,21 @@ def fit_split(params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray],
         seconds=seconds,
         model=ErrorSums.of(volume[test], predicted),
         baseline=ErrorSums.of(volume[test], m[test]),
-        train_rows=int((~test).sum()),
+        train_rows=int(train.sum()),
         test_rows=int(test.sum()),
     )
     return Fit(booster, predicted, outcome)
+
+
+def backtest_fold(
+    params: dict[str, Any], rounds: int, shard: dict[str, np.ndarray], year: int
+) -> FoldOutcome:
+    """One walk-forward fold: train on every row before `year`, test on the rows within it."""
+    start, end = np.datetime64(f"{year}-01-01"), np.datetime64(f"{year + 1}-01-01")
+    test = (shard["date"] >= start) & (shard["date"] < end)
+    return FoldOutcome(
+        year=year, outcome=fit_split(params, rounds, shard, test, shard["date"] < start).outcome
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -106,7 +125,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     shard = load_shard(config["parts"][rank::size], config["holdout_fraction"], config["seed"])
     load_seconds = time.perf_counter() - started
 
-    cutoff = split.shared_cutoff(shard["date"], config["holdout_fraction"], _allreduce)
+    first, per_day = split.rows_per_day(shard["date"], _allreduce)
+    cutoff = str(np.datetime64(first + split.cutoff_index(per_day, config["holdout_fraction"]), "D"))
     shard["time_test"] = time_test(shard, cutoff)
     timed = fit_split(config["params"], config["rounds"], shard, shard["time_test"])
     rand = (
@@ -115,6 +135,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else None
     )
     champion = score_champion(config.get("champion"), shard, shard["time_test"])
+    years = split.fold_years(first, per_day, config.get("backtest_folds", 0))
+    folds = [backtest_fold(config["params"], config["rounds"], shard, year) for year in years]
 
     test = shard["time_test"]
     rng = np.random.default_rng([config["seed"], rank])
@@ -144,6 +166,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         time=timed.outcome,
         champion=champion,
         random=rand.outcome if rand else None,
+        backtest=folds,
     )
     storage.write_bytes(result.model_dump_json().encode(), storage.join(work, f"rank-{rank}.json"))
 
