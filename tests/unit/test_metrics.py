@@ -11,7 +11,7 @@ import pytest
 
 from compute import model as contract
 from compute.metrics import ErrorSums, merge_all
-from compute.stages.train.split import holdout_cutoff, shared_cutoff
+from compute.stages.train.split import fold_years, holdout_cutoff, rows_per_day, shared_cutoff
 
 ACTUAL = np.array([100.0, 200.0, 0.0, 400.0])
 PREDICTED = np.array([110.0, 180.0, 10.0, 400.0])
@@ -92,3 +92,17 @@ def test_target_transform_round_trips_and_never_goes_negative() -> None:
     assert (contract.to_volume(np.array([-3.0, 0.5, 2.0]), m) >= 0).all()
     with pytest.raises(ValueError, match="unknown target transform"):
         contract.to_volume(ratio, m, "log1p")
+
+
+def test_backtest_folds_are_the_latest_full_years_each_after_an_earlier_one() -> None:
+    """Rows grow year on year, as in the vintage; the last year is four weeks: no fold."""
+    days = np.arange(np.datetime64("1990-01-01"), np.datetime64("2021-01-28"))
+    growing = (days.astype("datetime64[Y]").astype(int) - 19).astype(
+        np.int64
+    )  # 1 row a day in 1990, then more
+    first, per_day = rows_per_day(np.repeat(days, growing))
+    assert fold_years(first, per_day, 4) == [2017, 2018, 2019, 2020]
+    assert fold_years(first, per_day, 100)[0] == 1991  # never the first year: nothing to train on
+    assert fold_years(first, per_day, 0) == []
+    one_year = np.arange(np.datetime64("2020-01-01"), np.datetime64("2021-01-01"))
+    assert fold_years(*rows_per_day(one_year), 4) == []

@@ -56,14 +56,13 @@ def shared_cutoff(dates: np.ndarray, holdout_fraction: float, reduce: Reduce = a
 
 
 def fold_years(first: int, per_day: np.ndarray, folds: int) -> list[int]:
-    """The backtest's years, oldest first: the latest `folds` calendar years that hold at least
-    half as many rows as the median year (a partial last year, such as the four weeks of 2021 in
-    the 2021 vintage, is not a fold), each with some earlier year to train on."""
+    """The backtest's years, oldest first: the latest `folds` calendar years, each with an earlier
+    year to train on, leaving out a partial year: one with fewer than half the rows of the year
+    before it (the four weeks of 2021 in the 2021 vintage; the data grows year on year, so the
+    median year of a history that starts in 1962 would not tell a partial year apart)."""
     if folds <= 0:
         return []
     years = (first + np.arange(len(per_day))).astype("datetime64[D]").astype("datetime64[Y]").astype(int)
     counts = np.bincount(years - years[0], weights=per_day)
-    present = np.flatnonzero(counts)
-    full = present[counts[present] >= 0.5 * np.median(counts[present])]
-    chosen = [int(y) for y in full[full > present[0]][-folds:]]  # never the first year: nothing before it
-    return [1970 + int(years[0]) + y for y in chosen]
+    full = [y for y in range(1, len(counts)) if counts[y] > 0 and counts[y] >= 0.5 * counts[y - 1]]
+    return [1970 + int(years[0]) + y for y in full[-folds:]]
