@@ -3,7 +3,7 @@
 stage1/  quarantine/  stage2/  models/<version>/  model/     published folders (compute/publish.py)
 models/history.json  the champion's history (compute/registry.py)
 reports/ingest.json  reports/features.json  reports/learning_curve.png  reports/predicted_vs_actual.png
-reports/backtest.png (when the backtest runs)
+reports/backtest.png (when the backtest runs)  reports/drift.json  reports/drift.png
 logs/training.log
 """
 
@@ -82,6 +82,14 @@ class Layout:
     @property
     def backtest_plot(self) -> str:
         return join(self.reports, "backtest.png")
+
+    @property
+    def drift_report(self) -> str:
+        return join(self.reports, "drift.json")
+
+    @property
+    def drift_plot(self) -> str:
+        return join(self.reports, "drift.png")
 
     @property
     def logs(self) -> str:

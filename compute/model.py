@@ -20,6 +20,7 @@ import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compute import publish
+from compute.drift import Bins
 from compute.layout import METADATA_FILE, MODEL_FILE
 from compute.metrics import Metrics
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
@@ -76,6 +77,13 @@ class ModelCard(BaseModel):
     train_rows: int | None = None
     test_rows: int | None = None
     backtest: list[Fold] | None = None  # the walk-forward folds, when they were run
+    # Its data (compute/drift.py): quantile bins of each input and of Volume in the stage 2 it was
+    # trained on, for the drift report and the service's metrics; the symbols in it; and how far
+    # that data was from the previous champion's.
+    feature_bins: dict[str, Bins] | None = None
+    symbols: list[str] | None = None
+    drift_psi: dict[str, float] | None = None  # per column, against `drift_reference`'s data
+    drift_reference: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return self.model_dump(mode="json")

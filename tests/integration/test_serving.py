@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,19 @@ def test_post_predict_matches_get(served: str, expected: dict[str, np.ndarray]) 
         assert r.json() == want
 
 
+def batch(m: np.ndarray | list[float], a: np.ndarray | list[float]) -> dict[str, Any]:
+    """A /predict_batch body: rows as objects."""
+    return {
+        "instances": [
+            {"vol_moving_avg": x, "adj_close_rolling_med": y} for x, y in zip(list(m), list(a), strict=True)
+        ]
+    }
+
+
 def test_predict_batch_matches_the_booster(served: str, expected: dict[str, np.ndarray]) -> None:
-    body = {"vol_moving_avg": expected["m"].tolist(), "adj_close_rolling_med": expected["a"].tolist()}
-    r = httpx.post(f"{served}/predict_batch", json=body)
+    r = httpx.post(f"{served}/predict_batch", json=batch(expected["m"].tolist(), expected["a"].tolist()))
     assert r.status_code == 200, r.text
-    assert r.json() == expected["volume"].tolist()
+    assert r.json() == {"predictions": expected["volume"].tolist()}
 
 
 BAD_SINGLE = [
@@ -103,20 +112,14 @@ def test_body_that_is_not_json_is_a_clear_4xx(served: str) -> None:
 @pytest.mark.parametrize(
     ("body", "field", "problem"),
     [
-        ({"vol_moving_avg": [1.0, 2.0], "adj_close_rolling_med": [3.0]}, "vol_moving_avg", "same length"),
-        (
-            {"vol_moving_avg": [1.0, -2.0], "adj_close_rolling_med": [3.0, 4.0]},
-            "vol_moving_avg",
-            "greater than",
-        ),
-        (
-            {"vol_moving_avg": [1.0, "x"], "adj_close_rolling_med": [3.0, 4.0]},
-            "vol_moving_avg",
-            "valid number",
-        ),
-        ({"vol_moving_avg": [], "adj_close_rolling_med": []}, "vol_moving_avg", "at least 1"),
-        ({"vol_moving_avg": [1.0]}, "adj_close_rolling_med", "required"),
-        ({"vol_moving_avg": 5, "adj_close_rolling_med": [1.0]}, "vol_moving_avg", "valid array"),
+        ({"instances": [{"vol_moving_avg": 1.0}]}, "instances[0].adj_close_rolling_med", "required"),
+        (batch([1.0, -2.0], [3.0, 4.0]), "instances[1].vol_moving_avg", "greater than"),
+        (batch([1.0, "x"], [3.0, 4.0]), "instances[1].vol_moving_avg", "valid number"),
+        (batch([1.0], [1e9]), "instances[0].adj_close_rolling_med", "less than or equal"),
+        ({"instances": []}, "instances", "at least 1"),
+        ({"instances": [[1.0, 2.0]]}, "instances[0]", "should be an object"),
+        ({"vol_moving_avg": [1.0], "adj_close_rolling_med": [1.0]}, "instances", "required"),
+        ({"instances": 5}, "instances", "valid array"),
     ],
 )
 def test_bad_batch_is_a_clear_4xx(served: str, body: dict, field: str, problem: str) -> None:
@@ -125,10 +128,8 @@ def test_bad_batch_is_a_clear_4xx(served: str, body: dict, field: str, problem: 
 
 def test_batch_over_the_limit_is_refused(served: str) -> None:
     n = MAX_BATCH + 1
-    r = httpx.post(
-        f"{served}/predict_batch", json={"vol_moving_avg": [1.0] * n, "adj_close_rolling_med": [1.0] * n}
-    )
-    assert_clear_4xx(r, "vol_moving_avg", f"at most {MAX_BATCH}")
+    r = httpx.post(f"{served}/predict_batch", json=batch([1.0] * n, [1.0] * n))
+    assert_clear_4xx(r, "instances", f"at most {MAX_BATCH}")
 
 
 def test_readiness_and_openapi_list_every_route(served: str) -> None:
@@ -176,15 +177,17 @@ def test_the_bentoml_client_gets_what_curl_gets(served: str, expected: dict[str,
     """bentoml.SyncHTTPClient, as a Python user would call the service, against plain HTTP."""
     import bentoml
 
-    body = {"vol_moving_avg": expected["m"].tolist(), "adj_close_rolling_med": expected["a"].tolist()}
+    body = batch(expected["m"].tolist(), expected["a"].tolist())
     one = {"vol_moving_avg": 51318.0, "adj_close_rolling_med": 216.0}
     with bentoml.SyncHTTPClient(served) as client:
         assert client.is_ready()
-        batch = client.request("POST", "/predict_batch", json=body)
+        answered = client.request("POST", "/predict_batch", json=body)
         single = client.request("POST", "/predict", json=one)
         bad = client.request("POST", "/predict", json={**one, "vol_moving_avg": -1})
     assert (
-        batch.json() == expected["volume"].tolist() == httpx.post(f"{served}/predict_batch", json=body).json()
+        answered.json()["predictions"]
+        == expected["volume"].tolist()
+        == httpx.post(f"{served}/predict_batch", json=body).json()["predictions"]
     )
     assert (
         single.json()
@@ -197,21 +200,20 @@ def test_the_bentoml_client_gets_what_curl_gets(served: str, expected: dict[str,
     )
 
 
-def schemathesis(url: str, log: Path) -> None:
+def schemathesis(url: str, log: Path, seeds: tuple[int, ...] = (1, 2, 3), examples: int = 300) -> None:
     """The OpenAPI document is the contract: schemathesis fuzzes every route from it with every
     check it has, seeded and bounded; 0 failures."""
-    # Run in the test's folder, where schemathesis keeps its cache, not in the project; the hooks
-    # are imported from the project root.
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.integration.schemathesis_hooks", "PYTHONPATH": root}
-    command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json",
-               "--checks", "all", "--seed", "1", "--max-examples", "60", "--workers", "1"]  # fmt: skip
-    result = subprocess.run(
-        command, env=env, cwd=log.parent, capture_output=True, text=True, timeout=300, check=False
-    )
-    log.write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-5000:]
-    assert "No issues found" in result.stdout
+    # As any user runs it: no hooks, no configuration; in the test's folder, where schemathesis
+    # keeps its cache, not in the project.
+    for seed in seeds:
+        command = [str(Path(sys.executable).parent / "schemathesis"), "run", f"{url}/docs.json", "--checks",
+                   "all", "--seed", str(seed), "--max-examples", str(examples), "--workers", "2"]  # fmt: skip
+        result = subprocess.run(
+            command, cwd=log.parent, capture_output=True, text=True, timeout=600, check=False
+        )
+        log.with_suffix(f".{seed}.log").write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stdout[-5000:]
+        assert "No issues found" in result.stdout, result.stdout[-3000:]
 
 
 def test_the_openapi_contract_holds_under_schemathesis(served: str, tmp_path: Path) -> None:
@@ -226,8 +228,10 @@ def test_built_bento_serves_the_same_answers(
     command = [sys.executable, "-m", "bentoml", "serve", bento, "--host", "127.0.0.1", "--port", str(port)]
     url, process = start_server(command, port, tmp_path / "bento.log")
     try:
-        body = {"vol_moving_avg": expected["m"].tolist(), "adj_close_rolling_med": expected["a"].tolist()}
-        assert httpx.post(f"{url}/predict_batch", json=body).json() == expected["volume"].tolist()
+        body = batch(expected["m"].tolist(), expected["a"].tolist())
+        assert httpx.post(f"{url}/predict_batch", json=body).json() == {
+            "predictions": expected["volume"].tolist()
+        }
         r = httpx.get(f"{url}/predict", params={"vol_moving_avg": 51318, "adj_close_rolling_med": 216})
         assert r.status_code == 200 and not math.isnan(r.json())
         # The Bento recorded the model it was built with, and holds to the same contract.
@@ -250,7 +254,7 @@ FEATURE = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**20)
 def assert_answer_or_clear_4xx(r: httpx.Response) -> None:
     assert r.status_code < 500, (r.status_code, r.text[:500])
     if r.status_code == 200:
-        assert isinstance(r.json(), int | list)
+        assert isinstance(r.json(), int) or isinstance(r.json()["predictions"], list)
     else:
         assert r.status_code == 400, r.text[:500]
         assert_error_body(r)
@@ -276,8 +280,11 @@ def test_get_predict_never_fails_on_any_query(served: str, params: dict) -> None
 @given(
     body=st.fixed_dictionaries(
         {
-            "vol_moving_avg": st.lists(FEATURE, max_size=20),
-            "adj_close_rolling_med": st.lists(FEATURE, max_size=20),
+            "instances": st.lists(
+                st.dictionaries(st.sampled_from(["vol_moving_avg", "adj_close_rolling_med", "x"]), FEATURE)
+                | ANY_JSON,
+                max_size=20,
+            )
         }
     )
     | st.dictionaries(st.text(max_size=25), ANY_JSON, max_size=3)
@@ -293,3 +300,82 @@ def test_body_that_is_not_json_at_all(served: str) -> None:
         for route in ("/predict", "/predict_batch"):
             r = httpx.post(f"{served}{route}", content=body, headers={"content-type": "application/json"})
             assert_answer_or_clear_4xx(r)
+
+
+# --- what Prometheus sees ---------------------------------------------------------------------------
+
+
+def prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
+    answer = httpx.get(f"{url}/api/v1/query", params={"query": query}, timeout=10).json()
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="Prometheus is not installed (apt-get install prometheus)"
+)
+def test_prometheus_scrapes_the_version_the_inputs_the_answers_and_the_refusals(
+    served: str, sample_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """A real Prometheus (Debian's) scraping /metrics every second, asked through its query API."""
+    target = served.removeprefix("http://")
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: stockpipe, static_configs: [{{targets: ['{target}']}}]}}]\n"
+    )
+    port = free_port()
+    config, tsdb = tmp_path / "prometheus.yml", tmp_path / "tsdb"
+    command = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
+               f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
+    url, prometheus = start_server(command, port, tmp_path / "prometheus.log", ready_path="/-/ready")
+    try:
+        rows = httpx.get(f"{served}/model").json()
+        for m in range(20):
+            assert (
+                httpx.get(
+                    f"{served}/predict", params={"vol_moving_avg": 1000 * m, "adj_close_rolling_med": 20}
+                ).status_code
+                == 200
+            )
+        assert httpx.post(f"{served}/predict_batch", json=batch([5e4] * 50, [30.0] * 50)).status_code == 200
+        assert (
+            httpx.get(
+                f"{served}/predict", params={"vol_moving_avg": -1, "adj_close_rolling_med": 1}
+            ).status_code
+            == 400
+        )
+        bad = httpx.post(
+            f"{served}/predict_batch", json={"instances": [{"vol_moving_avg": 1}, {"vol_moving_avg": 2}]}
+        )
+        assert bad.status_code == 400
+        deadline = time.monotonic() + 60
+        while not prometheus_query(
+            url, 'stockpipe_rejected_inputs_total{field="instances[].adj_close_rolling_med"}'
+        ):
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-2000:]
+            time.sleep(0.5)
+        version = rows["version"]
+        info = prometheus_query(url, "stockpipe_model_info == 1")
+        assert [s["metric"]["version"] for s in info] == [version]
+        for series in ("stockpipe_input_vol_moving_avg_count", "stockpipe_input_adj_close_rolling_med_count",
+                       "stockpipe_predicted_volume_count"):  # fmt: skip
+            assert float(prometheus_query(url, f"sum({series})")[0]["value"][1]) >= 70, series
+        buckets = prometheus_query(url, "stockpipe_input_vol_moving_avg_bucket")
+        card = json.loads((sample_run["out"] / "model" / "model.json").read_text())
+        edges = sorted(float(b["metric"]["le"]) for b in buckets if b["metric"]["le"] != "+Inf")
+        assert edges == pytest.approx(card["feature_bins"]["vol_moving_avg"]["edges"]), "training quantiles"
+        refused = prometheus_query(
+            url, 'stockpipe_rejected_inputs_total{field="vol_moving_avg",problem="greater_than_equal"}'
+        )
+        assert float(refused[0]["value"][1]) >= 1
+        missing = prometheus_query(
+            url,
+            'stockpipe_rejected_inputs_total{field="instances[].adj_close_rolling_med",problem="missing"}',
+        )
+        assert float(missing[0]["value"][1]) >= 2  # one for each item, as one series
+        assert float(prometheus_query(url, "sum(stockpipe_batch_rows_count)")[0]["value"][1]) >= 1
+        assert prometheus_query(
+            url, "histogram_quantile(0.5, sum by (le) (stockpipe_predicted_volume_bucket))"
+        )
+    finally:
+        stop(prometheus)

@@ -6,6 +6,7 @@ import base64
 import re
 
 from compute.layout import Layout
+from compute.drift import DriftReport
 from compute.metrics import Metrics
 from compute.stages.ingest.report import ingest_markdown, ingest_problems, metadata_gap
 from compute.stages.ingest.results import (
@@ -87,6 +88,9 @@ def test_the_training_artifact_carries_its_plots_inline() -> None:
         fingerprint="f",
         gate=Gate(
             rows=20, champion=None, champion_metrics=None, tolerance_pct=0.0, promote=True, reason="test"
+        ),
+        drift=DriftReport(
+            reference=None, reference_rows=None, rows=100, columns=[], symbols_new=[], symbols_gone=[]
         ),
     )
     png = b"\x89PNG\r\n\x1a\n fake"

@@ -48,9 +48,11 @@ def fit(
     device: str,
     work: str,
     champion: tuple[bytes, dict[str, Any]] | None = None,
+    reference_bins: dict[str, Any] | None = None,
 ) -> Fitted:
     """Train across `layout` (workers, resources per worker); `work` is scratch space. Each worker
-    also scores `champion` (model.bin and its card), when given, on its test rows."""
+    also scores `champion` (model.bin and its card), when given, on its test rows, and counts its
+    rows over `reference_bins` (the champion's card's) for the drift report."""
     from ray.train import RunConfig, ScalingConfig  # about 2 s to import
     from ray.train.xgboost import XGBoostTrainer
 
@@ -70,6 +72,7 @@ def fit(
             "compare_random": settings.train_compare_random_split,
             "work_dir": work,
             "champion": champion,
+            "reference_bins": reference_bins,
             "backtest_folds": settings.train_backtest_folds,
         },
         scaling_config=ScalingConfig(

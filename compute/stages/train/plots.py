@@ -13,6 +13,7 @@ import numpy as np
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from compute.drift import DriftReport
     from compute.model import Fold
 
 
@@ -75,6 +76,22 @@ def backtest(folds: list[Fold]) -> bytes:
     ax.legend(loc="upper center", ncol=2)
     fig.tight_layout()
     return _png(fig, dpi=110)
+
+
+def drift(report: DriftReport) -> bytes:
+    """Per profiled column, the share of rows in each of the reference's quantile bins: the data
+    the champion was trained on against the new stage 2."""
+    fig, axes = _pyplot().subplots(1, max(len(report.columns), 1), figsize=(10, 3), squeeze=False)
+    for ax, column in zip(axes[0], report.columns, strict=False):
+        bins = np.arange(len(column.expected_shares))
+        ax.bar(bins - 0.2, column.expected_shares, width=0.4, label=f"{report.reference}'s data")
+        ax.bar(bins + 0.2, column.actual_shares, width=0.4, label="new stage 2")
+        ax.set_title(f"{column.column}: PSI {column.psi:.3f}", fontsize=9)
+        ax.set_xlabel("training quantile bin", fontsize=8)
+    axes[0][0].set_ylabel("share of rows")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig, dpi=90)
 
 
 def _png(fig: Figure, dpi: int) -> bytes:

@@ -27,6 +27,54 @@ def gate_line(metrics: TrainMetrics) -> str:
     )
 
 
+def drift_line(metrics: TrainMetrics) -> str:
+    """The drift of this stage 2 from the champion's data, in a line: a warning above PSI 0.1."""
+    report = metrics.drift
+    if not report.columns:
+        return f"  drift:      not measured: {report.note}"
+    psi = ", ".join(f"{c.column} {c.psi:.3f}" for c in report.columns)
+    symbols = f"; {len(report.symbols_new)} symbols new, {len(report.symbols_gone)} gone"
+    worst = report.worst()
+    assert worst is not None
+    if worst.level == "none":
+        return f"  drift:      none against the data of {MODEL_NAME}:{report.reference} (PSI {psi}){symbols}"
+    shifted = ", ".join(
+        f"{c.column} PSI {c.psi:.3f} ({c.level})" for c in report.columns if c.level != "none"
+    )
+    return (
+        f"  warning: drift: {shifted} against the data of {MODEL_NAME}:{report.reference} "
+        f"(0.1 moderate, 0.2 significant){symbols}"
+    )
+
+
+def drift_markdown(metrics: TrainMetrics, plot: bytes | None) -> str:
+    """The drift report for the Prefect UI: a table per column, the symbols, the plot inline."""
+    report = metrics.drift
+    if not report.columns:
+        return f"# Drift\n\nNot measured: {report.note}.\n"
+    lines = [
+        f"# Drift: this stage 2 ({report.rows:,} rows) against the data of {MODEL_NAME}:{report.reference} "
+        f"({report.reference_rows or 0:,} rows)",
+        "",
+        "| column | PSI | level | rows outside its training range |",
+        "|---|---:|---|---:|",
+        *[
+            f"| {c.column} | {c.psi:.4f} | {c.level} | {100 * c.outside_range_share:.2f}% |"
+            for c in report.columns
+        ],
+        "",
+        f"Symbols new: {len(report.symbols_new)} ({', '.join(report.symbols_new[:10])}"
+        f"{', ...' if len(report.symbols_new) > 10 else ''}); gone: {len(report.symbols_gone)} "
+        f"({', '.join(report.symbols_gone[:10])}{', ...' if len(report.symbols_gone) > 10 else ''}).",
+        "",
+        "PSI below 0.1: no shift; 0.1 to 0.2: moderate; 0.2 or more: significant.",
+        "",
+    ]
+    if plot:
+        lines += [f"![Drift](data:image/png;base64,{base64.b64encode(plot).decode()})", ""]
+    return "\n".join(lines) + "\n"
+
+
 def gate_table(metrics: TrainMetrics) -> list[dict[str, Any]]:
     """The challenger, the champion and the baseline on the same rows (a Prefect table artifact)."""
     gate, split = metrics.gate, metrics.time_split

@@ -7,6 +7,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict
 
+from compute.drift import Counts, DriftReport, Profile
 from compute.metrics import ErrorSums, Metrics
 from compute.model import Fold
 from compute.stage import StageResult
@@ -49,6 +50,9 @@ class WorkerResult(BaseModel):
     champion: ErrorSums | None = None  # the champion on the same test rows, when there is one
     random: FitOutcome | None  # the random split's, when asked for
     backtest: list[FoldOutcome] = []  # the walk-forward folds, when asked for
+    symbols: list[str] = []  # that have a row with both features
+    profile: dict[str, Profile] = {}  # per column (compute/drift.py): for the new model's bins
+    drift: dict[str, Counts] = {}  # per column, over the champion's bins, when its card has them
 
 
 class TimeSplit(BaseModel):
@@ -122,6 +126,7 @@ class TrainMetrics(StageResult):
     timing: Timing
     fingerprint: str
     gate: Gate
+    drift: DriftReport  # the new stage 2 against the champion's data (reports/drift.json)
 
     def timed(self, seconds: float) -> Self:
         timing = self.timing.model_copy(update={"stage_seconds": round(seconds, 3)})

@@ -13,6 +13,7 @@ folder, so that it is shared storage whenever the output is and goes away with t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import ray
 
@@ -23,8 +24,11 @@ from compute.schema import FEATURE_COLUMNS
 from compute.settings import Settings
 from compute.stage import Artifact, Built, Plan, Stage
 from compute.stages.train import params
-from compute.stages.train.report import gate_line, gate_table, training_markdown
+from compute.stages.train.report import drift_line, drift_markdown, gate_line, gate_table, training_markdown
 from compute.stages.train.results import Engine, TrainMetrics
+
+if TYPE_CHECKING:
+    from compute.model import ModelCard
 
 # What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
 # trained: an ETL run or an unchanged re-run never pays for them.
@@ -38,6 +42,15 @@ TRAINING_SETTINGS = {
     "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
     "train_workers", "train_compare_random_split", "seed", "train_device", "train_backtest_folds",
 }  # fmt: skip
+
+
+@dataclass
+class Champion:
+    """The model the new one is compared with."""
+
+    version: str
+    card: ModelCard | None  # None: its files could not be read
+    scorable: tuple[bytes, dict[str, object]] | None  # model.bin and card, for the workers
 
 
 @dataclass
@@ -100,11 +113,16 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         workers, per_worker = params.worker_layout(device, resources, settings, len(plan.parts))
         xgb_params = params.xgb_params(settings, device, int(per_worker["CPU"]))
         self.progress(f"train: {workers} Ray Train workers on {device}, {settings.train_rounds} rounds")
-        champion, scorable = self._champion()
+        champion = self._champion()
+        bins = champion.card.feature_bins if champion and champion.card else None
+        reference = {c: b.model_dump() for c, b in bins.items()} if bins else None
         # The fit is one blocking call: its progress is its workers, none done, then all.
         self.progress.tasks("train", 0, workers)
         work = model_dir.join(WORK)
-        fitted = fit(plan.parts, settings, xgb_params, (workers, per_worker), device, work, scorable)
+        scorable = champion.scorable if champion else None
+        fitted = fit(
+            plan.parts, settings, xgb_params, (workers, per_worker), device, work, scorable, reference
+        )
         self.progress.tasks("train", workers, workers)
         storage.remove_dir(work)
 
@@ -112,13 +130,14 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         result = summary.summarise(
             fitted,
             version=self.version,
-            champion=champion,
+            champion=champion.version if champion else None,
+            reference=champion.card if champion else None,
             engine=engine,
             params=xgb_params,
             settings=settings,
             fingerprint=plan.fingerprint,
         )
-        card = summary.model_card(result, plan.parts, plan.stage2, plan.code)
+        card = summary.model_card(result, fitted, plan.parts, plan.stage2, plan.code)
         contract.write(model_dir.location, fitted.model, card)
         history = summary.history(fitted)
         reports = {
@@ -128,23 +147,26 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         }
         if result.backtest:
             reports[layout.backtest_plot] = lambda: plots.backtest(result.backtest or [])
+        reports[layout.drift_report] = lambda: (result.drift.model_dump_json(indent=2) + "\n").encode()
+        if result.drift.columns:
+            reports[layout.drift_plot] = lambda: plots.drift(result.drift)
         return Built(result, reports=reports)
 
-    def _champion(self) -> tuple[str | None, tuple[bytes, dict[str, object]] | None]:
-        """The champion's version, and its files for the workers to score when they can: a
-        champion whose files are damaged or whose card asks for other features is not scored, and
-        the gate then keeps it (a person can still promote the new model)."""
+    def _champion(self) -> Champion | None:
+        """The champion, and its files for the workers to score when they can: a champion whose
+        files are damaged or whose card asks for other features is not scored, and the gate then
+        keeps it (a person can still promote the new model)."""
         from compute import model as contract
 
         current = registry.champion(self.layout)
         if current is None:
-            return None, None
+            return None
         try:
             model, card = contract.read_published(self.layout.model)
         except contract.ModelNotWhole:
-            return current.version, None
+            return Champion(current.version, None, None)
         usable = card.features == list(FEATURE_COLUMNS) and card.target_transform == contract.TARGET_TRANSFORM
-        return current.version, (model, card.model_dump(mode="json")) if usable else None
+        return Champion(current.version, card, (model, card.model_dump(mode="json")) if usable else None)
 
     def report(self, result: TrainMetrics) -> None:
         """After the publish: the gate's decision, applied once (the version becomes the champion,
@@ -171,6 +193,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             )  # fmt: skip
         registry.prune(layout, self.settings.registry_keep)
         self.progress(gate_line(result))
+        self.progress(drift_line(result).strip())
 
     def artifacts(self, result: TrainMetrics) -> list[Artifact]:
         plots = {
@@ -179,9 +202,13 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         }
         if result.backtest:
             plots["Backtest: MAE per walk-forward fold"] = storage.read_bytes(self.layout.backtest_plot)
+        drift_plot = storage.read_bytes(self.layout.drift_plot) if result.drift.columns else None
         return [
             Artifact("training-metrics", "Model vs baseline", markdown=training_markdown(result, plots)),
             Artifact("training-gate", gate_line(result), table=gate_table(result)),
+            Artifact(
+                "training-drift", drift_line(result).strip(), markdown=drift_markdown(result, drift_plot)
+            ),
         ]
 
     def describe(self, result: TrainMetrics) -> list[str]:
@@ -190,6 +217,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             f"train: time holdout from {split_.cutoff}: MAE {model.mae:,.0f} vs baseline "
             f"{base.mae:,.0f} ({split_.mae_improvement_pct:+.1f}%), R² {model.r2:.3f} vs {base.r2:.3f}",
             gate_line(result),
+            drift_line(result),
             f"  version:    {self.layout.version(result.version)}/ (model.bin, model.json, metrics.json)",
             f"  champion:   {self.layout.model}/ (what serve and package read; `stockpipe models` lists all)",
             *(

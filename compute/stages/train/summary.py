@@ -11,7 +11,7 @@ import pyarrow as pa
 import ray
 import xgboost as xgb
 
-from compute import storage
+from compute import drift, storage
 from compute.metrics import Metrics, merge_all
 from compute.model import Fold, HoldoutMetrics, ModelCard
 from compute.settings import Settings
@@ -36,13 +36,15 @@ def summarise(
     *,
     version: str,
     champion: str | None,
+    reference: ModelCard | None,
     engine: Engine,
     params: dict[str, object],
     settings: Settings,
     fingerprint: str,
 ) -> TrainMetrics:
     """One TrainMetrics from every worker's result (each read its own stage-2 parts), with the
-    gate's comparison of this model and the champion (its version, or None) on the same rows."""
+    gate's comparison of this model and the champion (its version, or None) on the same rows, and
+    the drift of this stage 2 from the champion's (`reference`: its card)."""
     results = fitted.workers
 
     def merged(outcomes: list[FitOutcome], which: str) -> Metrics:
@@ -106,6 +108,7 @@ def summarise(
             backtest_seconds=round(max(sum(f.outcome.seconds for f in r.backtest) for r in results), 3),
         ),
         fingerprint=fingerprint,
+        drift=drift_report(results, reference, champion),
         gate=Gate(
             rows=test_rows,
             champion=champion,
@@ -138,6 +141,51 @@ def backtest(results: list[WorkerResult]) -> list[Fold]:
     return folds
 
 
+def data_profile(fitted: Fitted) -> tuple[dict[str, drift.Bins], list[str]]:
+    """The quantile bins of every profiled column over all workers' rows, and their symbols."""
+    bins = {c: drift.merged_bins([r.profile[c] for r in fitted.workers]) for c in drift.COLUMNS}
+    return bins, sorted({s for r in fitted.workers for s in r.symbols})
+
+
+def drift_report(
+    results: list[WorkerResult], reference: ModelCard | None, version: str | None
+) -> drift.DriftReport:
+    """This stage 2 against the data the champion was trained on, over its card's bins."""
+    rows = sum(r.rows for r in results)
+    symbols = {s for r in results for s in r.symbols}
+    if reference is None or not reference.feature_bins or not all(r.drift for r in results):
+        note = (
+            "no champion to compare with" if version is None else f"the champion {version}'s card has no bins"
+        )
+        return drift.DriftReport(
+            reference=version,
+            reference_rows=None,
+            rows=rows,
+            columns=[],
+            symbols_new=[],
+            symbols_gone=[],
+            note=note,
+        )
+    columns = [
+        drift.column_drift(
+            column,
+            reference.feature_bins[column],
+            np.sum([r.drift[column].counts for r in results], axis=0),
+            sum(r.drift[column].outside for r in results),
+        )
+        for column in drift.COLUMNS
+    ]
+    known = set(reference.symbols or [])
+    return drift.DriftReport(
+        reference=version,
+        reference_rows=(reference.train_rows or 0) + (reference.test_rows or 0),
+        rows=rows,
+        columns=columns,
+        symbols_new=sorted(symbols - known) if reference.symbols is not None else [],
+        symbols_gone=sorted(known - symbols),
+    )
+
+
 def history(fitted: Fitted) -> History:
     """Every round's loss: XGBoost's collective evaluates on all workers' rows, so rank 0's is all."""
     return fitted.workers[0].time.history
@@ -153,10 +201,21 @@ def training_log(history: History) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(metrics: TrainMetrics, stage2_parts: list[str], stage2: str, code: str) -> ModelCard:
+def model_card(
+    metrics: TrainMetrics,
+    fitted: Fitted,
+    stage2_parts: list[str],
+    stage2: str,
+    code: str,
+) -> ModelCard:
     """model.json, less model.bin's SHA-256 (compute.model.write adds it); `stage2` and `code` are
     the fingerprints of the stage 2 and the code it was trained with."""
+    bins, symbols = data_profile(fitted)
     return ModelCard(
+        feature_bins=bins,
+        symbols=symbols,
+        drift_psi={c.column: c.psi for c in metrics.drift.columns} or None,
+        drift_reference=metrics.drift.reference if metrics.drift.columns else None,
         version=metrics.version,
         stage2_fingerprint=stage2,
         code_version=code,

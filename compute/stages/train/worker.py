@@ -20,8 +20,8 @@ import ray
 import xgboost as xgb
 from xgboost import collective
 
+from compute import drift, storage
 from compute import model as contract
-from compute import storage
 from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
@@ -34,11 +34,14 @@ PLOT_SAMPLE_PER_WORKER = 5_000
 def load_shard(parts: list[str], random_fraction: float, seed: int) -> dict[str, np.ndarray]:
     """This worker's rows with both features, and `read`: how many rows its parts hold in all."""
     arrays: dict[str, list[np.ndarray]] = {k: [] for k in ("x", "volume", "date", "random_test")}
-    read = 0
+    read, symbols = 0, set()
     for part in parts:
-        table = storage.read_parquet(part, columns=["Date", TARGET_COLUMN, *FEATURE_COLUMNS])
+        table = storage.read_parquet(
+            part, columns=["Symbol", "Date", TARGET_COLUMN, *FEATURE_COLUMNS], read_dictionary=["Symbol"]
+        )
         read += table.num_rows
         table = table.filter(pc.and_(*[pc.is_valid(table.column(c)) for c in FEATURE_COLUMNS]))
+        symbols |= set(pc.unique(table.column("Symbol")).to_pylist())
         dates = table.column("Date").cast(pa.date32()).to_numpy()  # datetime64[D]
         arrays["x"].append(contract.feature_matrix(*[table.column(c).to_numpy() for c in FEATURE_COLUMNS]))
         arrays["volume"].append(table.column(TARGET_COLUMN).to_numpy().astype(np.float64))
@@ -48,8 +51,13 @@ def load_shard(parts: list[str], random_fraction: float, seed: int) -> dict[str,
         arrays["random_test"].append(rng.random(len(dates)) < random_fraction)
     if not parts:
         return {"x": np.zeros((0, 2)), "volume": np.zeros(0), "date": np.zeros(0, "datetime64[D]"),
-                "random_test": np.zeros(0, bool), "read": np.array(0)}  # fmt: skip
-    return {**{k: np.concatenate(v) for k, v in arrays.items()}, "read": np.array(read)}
+                "random_test": np.zeros(0, bool), "read": np.array(0),
+                "symbols": np.array([], str)}  # fmt: skip
+    return {
+        **{k: np.concatenate(v) for k, v in arrays.items()},
+        "read": np.array(read),
+        "symbols": np.array(sorted(symbols), str),
+    }
 
 
 def time_test(shard: dict[str, np.ndarray], cutoff: str) -> np.ndarray:
@@ -137,6 +145,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     champion = score_champion(config.get("champion"), shard, shard["time_test"])
     years = split.fold_years(first, per_day, config.get("backtest_folds", 0))
     folds = [backtest_fold(config["params"], config["rounds"], shard, year) for year in years]
+    # Every row this worker holds, profiled (the new model's bins) and, against the champion's
+    # bins, counted (the drift report).
+    columns = {
+        "vol_moving_avg": shard["x"][:, 0],
+        "adj_close_rolling_med": shard["x"][:, 1],
+        TARGET_COLUMN: shard["volume"],
+    }
+    reference = {c: drift.Bins.model_validate(b) for c, b in (config.get("reference_bins") or {}).items()}
 
     test = shard["time_test"]
     rng = np.random.default_rng([config["seed"], rank])
@@ -167,6 +183,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         champion=champion,
         random=rand.outcome if rand else None,
         backtest=folds,
+        symbols=shard["symbols"].tolist(),
+        profile={c: drift.Profile.of(v) for c, v in columns.items()},
+        drift={c: drift.Counts.of(reference[c], v) for c, v in columns.items() if c in reference},
     )
     storage.write_bytes(result.model_dump_json().encode(), storage.join(work, f"rank-{rank}.json"))
 
