@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import re
 
-from compute.layout import Layout
 from compute.drift import DriftReport
+from compute.layout import Layout
 from compute.metrics import Metrics
 from compute.stages.ingest.report import ingest_markdown, ingest_problems, metadata_gap
 from compute.stages.ingest.results import (
