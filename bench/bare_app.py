@@ -21,9 +21,13 @@ from pydantic import BaseModel
 from compute import model as contract
 
 
+class Instance(BaseModel):
+    vol_moving_avg: float
+    adj_close_rolling_med: float
+
+
 class Batch(BaseModel):
-    vol_moving_avg: list[float]
-    adj_close_rolling_med: list[float]
+    instances: list[Instance]
 
 
 def make_app(model_dir: Path) -> FastAPI:
@@ -44,8 +48,10 @@ def make_app(model_dir: Path) -> FastAPI:
         return predict(np.array([vol_moving_avg]), np.array([adj_close_rolling_med]))[0]
 
     @app.post("/predict_batch")
-    def predict_batch(batch: Batch) -> list[int]:
-        return predict(np.asarray(batch.vol_moving_avg), np.asarray(batch.adj_close_rolling_med))
+    def predict_batch(batch: Batch) -> dict[str, list[int]]:
+        rows = batch.instances
+        m = np.array([r.vol_moving_avg for r in rows])
+        return {"predictions": predict(m, np.array([r.adj_close_rolling_med for r in rows]))}
 
     return app
 

@@ -93,10 +93,9 @@ def line(name: str, what: str, r: dict, reference: dict | None = None) -> str:
 def batch_body(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     body = folder / "batch.json"
-    body.write_text(json.dumps({
-        "vol_moving_avg": rng.lognormal(12, 2, BATCH_ROWS).tolist(),
-        "adj_close_rolling_med": rng.lognormal(3, 1, BATCH_ROWS).tolist(),
-    }))  # fmt: skip
+    m, a = rng.lognormal(12, 2, BATCH_ROWS).tolist(), rng.lognormal(3, 1, BATCH_ROWS).tolist()
+    rows = [{"vol_moving_avg": x, "adj_close_rolling_med": y} for x, y in zip(m, a, strict=True)]
+    body.write_text(json.dumps({"instances": rows}))
     return body
 
 
