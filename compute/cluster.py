@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,6 +21,7 @@ from ray._raylet import Config as RayConfig
 from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
 from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
+from compute import stop
 from compute.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +80,13 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
         # Ray's own logs (its workers' and actors' output) stay in its session's log folder, so a
         # successful run prints only what it has to say; our tasks' errors still reach the driver.
         quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+        # ray.init replaces the SIGTERM handler with one that calls sys.exit: the run's own (a
+        # stop in order, flows/stopping.py) is put back afterwards.
+        term = (
+            signal.getsignal(signal.SIGTERM)
+            if threading.current_thread() is threading.main_thread()
+            else None
+        )
         if settings.ray_address:
             _check_reachable(settings.ray_address)
             _check_token(settings.ray_address, _use_token())
@@ -94,6 +104,8 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
                 dashboard_port=port,
                 **quiet,
             )
+        if term is not None:
+            signal.signal(signal.SIGTERM, term)
         if not settings.ray_address:
             _logs = os.path.join(context.address_info.get("session_dir") or "", "logs")
             if port != settings.dashboard_port:
@@ -253,7 +265,8 @@ def fan_out(
     pending = list(index)
     done_count, next_report = 0, 0.0
     while pending:
-        done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=5.0)
+        stop.checkpoint()  # half a second apart at most: a stop cuts a fan-out short
+        done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=stop.POLL_SECONDS * 2)
         for ref in done:
             node, results[index[ref]] = ray.get(ref)
             nodes[node] += 1

@@ -9,6 +9,8 @@ whole stage is worth a second try.
 
 from __future__ import annotations
 
+import errno
+
 import ray.exceptions as rex
 
 # Ray's errors for work that was lost, not work that failed.
@@ -37,6 +39,15 @@ def is_transient(error: BaseException) -> bool:
         if type(cause) is OSError and any(m in str(cause) for m in _STORE_MESSAGES):
             return True
     return False
+
+
+def is_out_of_space(error: BaseException) -> bool:
+    """Whether `error` (or what caused it, in a Ray task or a Ray Train worker) is a full disk."""
+    return any(
+        (isinstance(cause, OSError) and cause.errno == errno.ENOSPC)
+        or "No space left on device" in str(cause)
+        for cause in _causes(error)
+    )
 
 
 def _causes(error: BaseException) -> list[BaseException]:

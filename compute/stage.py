@@ -26,16 +26,19 @@ prefect.yaml. tests/unit/test_stage.py shows a complete small stage.
 
 from __future__ import annotations
 
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compute import cluster, lock, publish, storage
+from compute import cluster, lock, publish, stop, storage
 from compute.cluster import Progress
+from compute.errors import is_out_of_space
 from compute.layout import Layout
 from compute.publish import Manifest, Part, Staging
 from compute.settings import Settings
@@ -133,6 +136,10 @@ class Stage(ABC, Generic[P, R]):
     def build(self, plan: P, staging: list[Staging]) -> Built[R]:
         """Do the work into `staging` (one per output, in the order of `outputs()`)."""
 
+    def space_needed(self, plan: P) -> int | None:
+        """About how many bytes the build will write, for a local output (None: not known)."""
+        return None
+
     def report(self, result: R) -> None:
         """Write files derived from the result, after the publish (and after a reuse)."""
 
@@ -154,9 +161,15 @@ def unchanged_parts(previous: Manifest | None, inputs: dict[str, str]) -> dict[s
 
 def run(stage: Stage[P, R]) -> R:
     """Plan, reuse or build, publish and report one stage; return its typed result. The stage holds
-    its output's lock throughout (a flow run holds it already for all its stages)."""
-    with lock.hold(stage.settings.out, wait=stage.settings.wait, say=stage.progress):
-        return _run(stage)
+    its output's lock throughout (a flow run holds it already for all its stages). A stop
+    (compute/stop.py) can cut its build short; it leaves the published outputs as they were."""
+    stop.checkpoint()
+    try:
+        with lock.hold(stage.settings.out, wait=stage.settings.wait, say=stage.progress):
+            return _run(stage)
+    except stop.Stopped as stopped:
+        stopped.stage = stopped.stage or stage.name
+        raise
 
 
 def _run(stage: Stage[P, R]) -> R:
@@ -174,9 +187,13 @@ def _run(stage: Stage[P, R]) -> R:
         started += cluster.connect(settings, stage.progress)  # the stage's time excludes Ray's start
     for folder in outputs:  # what killed runs left: no live run owns it, since this one holds the lock
         publish.remove_leftovers(folder)
+    if outputs:
+        _check_space(stage, outputs[0], stage.space_needed(plan))
+    stop.checkpoint()
     staging = [Staging(folder) for folder in outputs]
     try:
         built = stage.build(plan, staging)
+        stop.checkpoint()  # a build that ended as the stop came: not published either
         result = built.result.timed(time.perf_counter() - started)
         if stage.result_file:
             storage.write_json(result.to_json(), staging[0].join(stage.result_file))
@@ -186,11 +203,34 @@ def _run(stage: Stage[P, R]) -> R:
             staging[0].commit(
                 Manifest(fingerprint=plan.fingerprint, result=result.to_json(), parts=built.parts)
             )
-    except BaseException:
+    except BaseException as exc:
         for folder in staging:
             folder.abort()
+        if not isinstance(exc, stop.Stopped) and is_out_of_space(exc):  # someone else filled the disk
+            where = storage.basename(outputs[0])
+            raise stop.Stopped(
+                f"the disk holding {settings.out} is full (no space left on device): {stage.name} stopped, "
+                f"its staging folder removed, the published {where}/ unchanged",
+                code=1, outcome="failed", then="free some space and run again",
+            ) from None  # fmt: skip
         raise
     for location, make in built.reports.items():
         storage.write_bytes(make(), location)
     stage.report(result)
     return result
+
+
+def _check_space(stage: Stage[Any, Any], folder: str, needed: int | None) -> None:
+    """Refuse, before writing, a build that would not fit beside a local output."""
+    if needed is None or not storage.is_local(folder):
+        return  # an object store has no such figure
+    existing = Path(folder)
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise stop.Stopped(
+            f"not enough space for {stage.name} in {existing}: it writes about {needed / 1e6:,.0f} MB, "
+            f"{free / 1e6:,.0f} MB are free; nothing was written",
+            code=1, outcome="failed", then="free some space and run again",
+        )  # fmt: skip

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from compute import download, lock, publish, storage
+from compute import download, lock, publish, stop, storage
 from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
@@ -449,21 +449,37 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     imports = ("flows.pipeline", "ray.train.xgboost") if trains and ray_too else ("flows.pipeline",)
     try:
         services.start(settings, ray_too=ray_too, imports=imports)
+        stop.checkpoint()
     except AuthenticationFailed as exc:
         return _fail(str(exc))
     except ConnectionError as exc:
         return _fail(f"cannot reach the Ray cluster at {settings.ray_address}: {exc}")
+    except stop.Stopped as stopped:
+        return _stopped(stopped, layout)
     from flows import pipeline
 
     assert command.flow is not None
     parameters = {o.parameter: getattr(args, o.dest) for o in command.options if o.parameter}
+    if (stopped := stop.requested()) is not None:  # between the start and the flow
+        return _stopped(stopped, layout)
+    with services.prefect_api():
+        state = command.flow(pipeline)(**parameters, out=layout.root, return_state=True)
+    if (stopped := stop.requested()) is not None:
+        return _stopped(stopped, layout, state.message)
     try:
-        with services.prefect_api():
-            result = command.flow(pipeline)(**parameters, out=layout.root)
+        result = state.result()  # the flow's own exception, as a flow call raises it
     except DownloadError as exc:  # e.g. the network went away between the check and the download
         return _fail(str(exc))
     _print_outputs(settings.model_copy(update={"out": layout.root}), result)
     return 0
+
+
+def _stopped(stopped: stop.Stopped, layout: Layout, said: str | None = None) -> int:
+    """The one line of a stopped run, and its exit status."""
+    from flows import stopping
+
+    print(f"stockpipe: {said or stopping.line(stopped, layout)}", file=sys.stderr, flush=True)
+    return stopped.code
 
 
 def _check_source(source: str) -> None:
@@ -495,10 +511,13 @@ def _stage_of(result: StageResult) -> str:
 
 
 def entry() -> None:
-    """The `stockpipe` command: `main`, then a quick exit that still stops what it started."""
-    from flows import services
+    """The `stockpipe` command: `main` (Ctrl-C and SIGTERM stop it in order: flows/stopping.py),
+    then a quick exit that still stops what it started."""
+    from flows import services, stopping
 
-    services.exit_now(main())
+    with stopping.handled():
+        code = main()
+    services.exit_now(code)
 
 
 if __name__ == "__main__":

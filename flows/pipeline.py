@@ -10,20 +10,24 @@ from typing import Any, Literal, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import TaskRun
-from prefect.runtime import flow_run
-from prefect.states import State
+from prefect.exceptions import Abort
+from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled, Failed, State
 from pydantic import BaseModel
 
 from bento.stage import Package, PackageResult
-from compute import download, lock, stage
+from compute import download, lock, stage, stop
 from compute.errors import is_transient
+from compute.layout import Layout
 from compute.settings import SAMPLE_SOURCE, Settings, get_settings
 from compute.stage import StageResult
 from compute.stages import Features, Ingest, Train
 from compute.stages.features.results import FeaturesReport
 from compute.stages.ingest.results import IngestReport
 from compute.stages.train.results import TrainMetrics
+from flows import stopping
 from flows.progress import StageProgress
 
 R = TypeVar("R", bound=StageResult)
@@ -46,7 +50,9 @@ class PipelineResult(BaseModel):
 
 def only_transient(_task: Any, _run: TaskRun, state: State) -> bool:
     """Retry a stage only for failures that can pass (a lost worker, a network or store timeout);
-    a bug or bad input fails the same way again (compute/errors.py)."""
+    a bug or bad input fails the same way again (compute/errors.py), and a stopped run stops."""
+    if stop.requested():
+        return False
     error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
     return isinstance(error, BaseException) and is_transient(error)
 
@@ -55,10 +61,15 @@ def only_transient(_task: Any, _run: TaskRun, state: State) -> bool:
 STAGE_TASK = {"retries": 1, "retry_delay_seconds": 5, "retry_condition_fn": only_transient}
 
 
-def _run(stage_class: type[stage.Stage[Any, R]], settings: Settings) -> R:
-    with StageProgress(stage_class.name) as progress:
-        current = stage_class(settings, progress)
-        result = stage.run(current)
+def _run(stage_class: type[stage.Stage[Any, R]], settings: Settings) -> R | State:
+    """Run one stage; a stop ends the task Cancelled (or Failed), with the line that says why."""
+    try:
+        with StageProgress(stage_class.name) as progress:
+            current = stage_class(settings, progress)
+            result = stage.run(current)
+    except stop.Stopped as stopped:
+        said = stopping.line(stopped, Layout(settings.out))
+        return Cancelled(message=said) if stopped.outcome == "cancelled" else Failed(message=said)
     for artifact in current.artifacts(result):
         if artifact.table is not None:
             create_table_artifact(table=artifact.table, key=artifact.key, description=artifact.description)
@@ -108,11 +119,54 @@ def _settings(
     return settings.model_copy(update={"source": fetch_dataset(dataset, settings)}) if dataset else settings
 
 
+class Stages:
+    """A flow run's stage tasks, run in order by calling them through this: none runs after a stop,
+    and `outcome` is what the flow returns: its result, or the stopped stage's final state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stopped: State | None = None
+
+    def __call__(self, stage_task: Any) -> Any:
+        if self.stopped is not None:
+            return None
+        state = stage_task(self.settings, return_state=True)
+        if stop.requested() is not None and not state.is_completed():
+            self.stopped = state
+            return None
+        return state.result()
+
+    def outcome(self, result: Any) -> Any:
+        """The flow's result, or its final state after a stop. In a deployment run (a worker's
+        process, whose engine asks for the flow's result and would take a returned Cancelled
+        state for a failure of its own) the state is recorded here and the run ends with
+        Prefect's Abort, which its engine answers by exiting the process cleanly."""
+        if self.stopped is None:
+            return result
+        message = self.stopped.message
+        state = Cancelled(message=message) if self.stopped.is_cancelled() else Failed(message=message)
+        if not deployment.id:
+            return state
+        import ray
+
+        ray.shutdown()  # before the interpreter's exit, which a live Ray driver can abort
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(flow_run.id, state, force=True)
+        aborted = Abort(message)
+        aborted.state = state  # type: ignore[attr-defined]  # the engine keeps it, as recorded
+        raise aborted
+
+
 @contextmanager
-def _holding(settings: Settings) -> Iterator[None]:
-    """The output's lock for the whole flow run: another run on it waits (or fails at once)."""
-    with lock.hold(settings.out, wait=settings.wait, flow_run=str(flow_run.id), say=get_run_logger().info):
-        yield
+def _holding(settings: Settings) -> Iterator[Stages]:
+    """The output's lock for the whole flow run (another run on it waits, or fails at once), and
+    SIGINT and SIGTERM stopping it in order (flows/stopping.py)."""
+    stopping.quiet_stop_lines()
+    with (
+        stopping.handled(),
+        lock.hold(settings.out, wait=settings.wait, flow_run=str(flow_run.id), say=get_run_logger().info),
+    ):
+        yield Stages(settings)
 
 
 @flow(name="stock-pipeline")
@@ -134,14 +188,14 @@ def stock_pipeline(
         "train_backtest_folds": train_backtest_folds,
     }
     settings = _settings(source, out, ray_address, force, **training)
-    with _holding(settings):
-        result = PipelineResult(ingest=ingest(settings))
-        result.features = features(settings)
+    with _holding(settings) as run:
+        result = PipelineResult(ingest=run(ingest))
+        result.features = run(features)
         if stop_after in ("train", "package"):
-            result.train = train(settings)
+            result.train = run(train)
         if stop_after == "package":
-            result.package = package(settings)
-    return result
+            result.package = run(package)
+    return run.outcome(result)
 
 
 @flow(name="ingest-stage")
@@ -149,15 +203,15 @@ def ingest_flow(
     source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None, force: bool = False
 ) -> IngestReport:
     settings = _settings(source, out, ray_address, force)
-    with _holding(settings):
-        return ingest(settings)
+    with _holding(settings) as run:
+        return run.outcome(run(ingest))
 
 
 @flow(name="features-stage")
 def features_flow(out: str = "output", ray_address: str | None = None, force: bool = False) -> FeaturesReport:
     settings = _settings(None, out, ray_address, force)
-    with _holding(settings):
-        return features(settings)
+    with _holding(settings) as run:
+        return run.outcome(run(features))
 
 
 @flow(name="train-stage")
@@ -175,5 +229,5 @@ def train_flow(
         "train_backtest_folds": train_backtest_folds,
     }
     settings = _settings(None, out, ray_address, force, **training)
-    with _holding(settings):
-        return train(settings)
+    with _holding(settings) as run:
+        return run.outcome(run(train))

@@ -38,6 +38,20 @@ from compute.settings import Settings
 
 _server: PrefectServer | None = None
 
+# Runs a module as `python -m` would, and ends it once its parent is gone: out of the command's
+# process group, the server would outlive a command killed by SIGKILL.
+WATCH_PARENT = """
+import os, runpy, sys, threading, time
+parent = os.getppid()
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = sys.argv[1:]
+runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+"""
+
 
 class PrefectServer:
     """Prefect's temporary server as a child process (`prefect.server.api.server`'s
@@ -87,12 +101,15 @@ class PrefectServer:
             "PREFECT__SERVER_FINAL": "1",
             **self._settings.to_environment_variables(exclude_unset=True),
         }
-        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
-                   "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-                   "--port", str(port), "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+        command = [sys.executable, "-c", WATCH_PARENT, "uvicorn", "--app-dir",
+                   str(prefect.__module_path__.parent), "--factory", "prefect.server.api.server:create_app",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+                   "--lifespan", "on"]  # fmt: skip
         if self.process is None:
             atexit.register(self.stop)  # whatever way this process ends
-        self.process = subprocess.Popen(command, env=env)
+        # A process group of its own: a terminal's Ctrl-C goes to the foreground group, and the
+        # server must outlive it while the run stops in order and records its final state.
+        self.process = subprocess.Popen(command, env=env, process_group=0)
 
     def stop(self) -> None:
         process, self.process = self.process, None

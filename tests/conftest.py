@@ -64,6 +64,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(autouse=True)
+def _no_stop_left() -> Iterator[None]:
+    """A test that stops a run in this process (compute/stop.py) leaves no request to the next."""
+    yield
+    from compute import stop
+
+    stop.clear()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_bentoml_home() -> Iterator[None]:
     yield

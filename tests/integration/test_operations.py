@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ import pytest
 
 from compute.settings import PROJECT_ROOT
 from harness.procs import free_port, spawn, start_server, stop
+from harness.proctree import marked
 from tests.conftest import ERROR_LOOKING
 
 BIN = Path(sys.executable).parent
+MARK = "STOCKPIPE_TEST_RUN"
 
 
 def run(command: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -120,6 +123,7 @@ def deployment_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
     work = tmp_path_factory.mktemp("deployments")
     server, env = start_prefect_server(work)
     env["PWD"] = str(PROJECT_ROOT)
+    env[MARK] = uuid.uuid4().hex  # inherited by the worker, its flow-run processes and their Ray
     prefect = str(BIN / "prefect")
     worker = None
     try:
@@ -323,3 +327,52 @@ def test_ingest_problems_table_and_stage_progress_show_in_the_prefect_ui(
     for stage, runs in (("ingest", both), ("features", both), ("train", run_id)):
         progress = artifact(env, runs, f"{stage}-progress")
         assert progress["type"] == "progress" and float(progress["data"]) == 100.0, progress
+
+
+def task_runs(env: dict[str, str], run_id: str) -> dict[str, str]:
+    """The flow run's task runs: name (without its suffix) -> state type."""
+    found = api(env, "POST", "/task_runs/filter", task_runs={"flow_run_id": {"any_": [run_id]}})
+    return {t["name"].rsplit("-", 1)[0]: t["state"]["type"] for t in found}
+
+
+def test_cancelling_a_deployment_run_ends_its_stage_cancelled_and_the_next_run_resumes(
+    deployment_runs: dict[str, Any], tmp_path: Path
+) -> None:
+    """`prefect flow-run cancel` through the real worker while the run trains: the flow run and its
+    train task end Cancelled, the process exits by itself (no abort, no traceback in the worker's
+    log), Ray's processes go, and the next run resumes from what is published."""
+    env, log = deployment_runs["env"], deployment_runs["worker_log"]
+    prefect = str(BIN / "prefect")
+    out = tmp_path / "out"
+    submit = [prefect, "deployment", "run", "stock-pipeline/sample", "--param", f"out={out}"]
+    before = log.read_text()
+    cancelled = flow_run_id(run(submit, env).stdout)
+    deadline = time.monotonic() + 180
+    while task_runs(env, cancelled).get("train") != "RUNNING":
+        assert time.monotonic() < deadline, task_runs(env, cancelled)
+        time.sleep(0.5)
+    time.sleep(2)  # well into the fit
+    run([prefect, "flow-run", "cancel", cancelled], env)
+    final = wait_until_final(env, cancelled, timeout=120)
+    assert final["state"]["type"] == "CANCELLED", final["state"]
+    states = task_runs(env, cancelled)
+    assert states["train"] == "CANCELLED" and states["ingest"] == states["features"] == "COMPLETED", states
+    said = [m for m in run_logs(env, cancelled) if "interrupted (SIGTERM) during train" in m]
+    assert said and "stage 2 is published" in said[0], run_logs(env, cancelled)[-10:]
+
+    time.sleep(5)
+    worker_said = log.read_text()[len(before) :]
+    assert "Traceback" not in worker_said and "status code: -6" not in worker_said, worker_said[-3000:]
+    assert not [line for line in run_logs(env, cancelled) if ERROR_LOOKING.search(line)]
+    # Every process the worker's runs start carries the worker's mark; none of Ray's is left.
+    rays = [
+        p for p in marked(MARK, env[MARK]) if any(n in " ".join(p.cmdline()) for n in ("ray", "gcs_server"))
+    ]
+    assert not rays, [" ".join(p.cmdline())[:100] for p in rays]
+    assert not (out / "model").exists() and not [p for p in out.glob(".*") if p.name != ".stockpipe.lock"]
+
+    resumed = flow_run_id(run(submit, env).stdout)
+    assert wait_until_final(env, resumed)["state"]["type"] == "COMPLETED"
+    assert any(
+        "stage 1 and the code unchanged since the last run: reused" in line for line in run_logs(env, resumed)
+    )

@@ -8,6 +8,7 @@ and the code is unchanged.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from compute import publish, storage
@@ -55,6 +56,12 @@ class Features(Stage[FeaturesPlan, FeaturesReport]):
             inputs=inputs,
             carried=unchanged_parts(previous, inputs),
         )
+
+    def space_needed(self, plan: FeaturesPlan) -> int:
+        """A stage-2 part is 1.33 times its stage-1 part (on the vintage and on the sample): 1.5
+        times the stage-1 parts to roll; carried-over parts are hard links."""
+        todo = [p for p in plan.parts if storage.basename(p) not in plan.carried]
+        return int(1.5 * sum(os.path.getsize(p) for p in todo if storage.is_local(p)))
 
     def build(self, plan: FeaturesPlan, staging: list[Staging]) -> Built[FeaturesReport]:
         (stage2,) = staging

@@ -84,6 +84,12 @@ class Ingest(Stage[IngestPlan, IngestReport]):
             else [],
         )
 
+    def space_needed(self, plan: IngestPlan) -> int:
+        """Stage 1 is 0.16 times the CSV it holds (0.161 on the 2021 vintage, 0.165 on the sample):
+        0.2 times the bytes of the files to ingest, and a megabyte for the quarantine."""
+        done = {member for part in plan.carried.values() for member in part.files}
+        return int(0.2 * sum(f.size for f in plan.listing.files if f.member not in done)) + 1_000_000
+
     def build(self, plan: IngestPlan, staging: list[Staging]) -> Built[IngestReport]:
         stage1, quarantine = staging
         done = {member for part in plan.carried.values() for member in part.files}

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compute import storage
+from compute import stop, storage
 from compute.layout import MODEL_FILE
 from compute.settings import Settings
 from compute.stages.train import worker
@@ -85,7 +85,9 @@ def fit(
         ),
     )
     started, began = time.perf_counter(), time.time()
-    trainer.fit()
+    # On a thread of its own, which a stop does not wait for (compute/stop.py); off the main thread
+    # Ray Train also leaves the process's Ctrl-C handler alone, which it would replace for good.
+    stop.wait(trainer.fit, name="ray-train-fit")
     seconds, ended = time.perf_counter() - started, time.time()
     results = [
         WorkerResult.model_validate_json(storage.read_bytes(storage.join(work, name)))

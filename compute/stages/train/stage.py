@@ -99,6 +99,10 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             code=code,
         )
 
+    def space_needed(self, plan: TrainPlan) -> int:
+        """A version is about 150 KB, its scratch space and plots a few MB: 64 MiB leaves room."""
+        return 64 << 20
+
     def build(self, plan: TrainPlan, staging: list[Staging]) -> Built[TrainMetrics]:
         from compute import model as contract
         from compute.stages.train import plots, summary

@@ -1,0 +1,94 @@
+"""Stopping a run in order, as Prefect sees it: Ctrl-C and SIGTERM (a terminal, `kill`, a worker
+cancelling a deployment run) become a stop request (compute/stop.py), the stopped stage's task
+ends Cancelled (or Failed, for a full disk) with one line that says where it stopped and what
+stands, and the flow run ends in the same state. A second signal ends the process at once.
+
+Prefect's engine turns SIGTERM into an exception that it records as a crash; the handlers here
+replace its bridge while a flow runs. Prefect logs every final task state but Completed at ERROR;
+a stop is the outcome the person asked for (or a condition the line explains), not a crash, so
+`StopLines` lowers those lines, and only those, to INFO or WARNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from compute import publish, stop
+from compute.layout import Layout
+
+SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+# What each stage leaves published, for the line: (its name there, the folder that says so).
+OUTPUTS = {"ingest": ("stage 1", "stage1"), "features": ("stage 2", "stage2"),
+           "train": ("the champion model", "model"), "package": ("the Bento", None)}  # fmt: skip
+
+
+def on_signal(signum: int, _frame: FrameType | None) -> None:
+    name = SIGNALS.get(signal.Signals(signum), signal.Signals(signum).name)
+    if not stop.request(stop.Stopped(f"interrupted ({name})", code=128 + signum)):
+        # The second: at once. The kernel releases the run's lock, the children stop with this
+        # process, and the next run removes the staging folder.
+        os.write(2, f"stockpipe: {name} again: stopping at once\n".encode())
+        os._exit(128 + signum)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the run while the block runs (main thread only: elsewhere the
+    process's own handlers stay)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.signal(s, on_signal) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def line(stopped: stop.Stopped, layout: Layout) -> str:
+    """e.g. `interrupted (Ctrl-C) during features: stage 1 is published, stage 2 is unchanged;
+    run again to go on`."""
+    names = list(OUTPUTS)
+    upto = names[: names.index(stopped.stage) + 1] if stopped.stage in OUTPUTS else []
+    stands = []
+    for name in upto:
+        what, folder = OUTPUTS[name]
+        published = folder is not None and publish.is_published(getattr(layout, folder))
+        if name != stopped.stage:
+            stands.append(f"{what} is {'published' if published else 'not built'}")
+        elif folder is not None:
+            stands.append(f"{what} is {'unchanged' if published else 'not built'}")
+    # An interruption names the stage it cut short; a failure's reason says where it happened.
+    head = stopped.reason
+    if stopped.outcome == "cancelled":
+        head += f" during {stopped.stage}" if stopped.stage else " before any stage began"
+    return f"{head}: {', '.join(stands)}; {stopped.then}" if stands else f"{head}; {stopped.then}"
+
+
+class StopLines(logging.Filter):
+    """Prefect's `Finished in state Cancelled(...)` (or Failed) for a stop is not an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        stopped = stop.requested()
+        if stopped is not None and record.levelno >= logging.ERROR:
+            message = record.getMessage()
+            if message.startswith("Finished in state ") and stopped.reason in message:
+                record.levelno, record.levelname = (
+                    (logging.INFO, "INFO") if stopped.outcome == "cancelled" else (logging.WARNING, "WARNING")
+                )
+        return True
+
+
+def quiet_stop_lines() -> None:
+    """Install StopLines on Prefect's run loggers (once)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, StopLines) for f in logger.filters):
+            logger.addFilter(StopLines())
