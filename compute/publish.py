@@ -173,6 +173,16 @@ def remove_leftovers(final: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def remove_every_leftover(root: str) -> None:
+    """Every staging folder under a local output (its stages' and its model versions'): for a run
+    that must end before its stages can clean up after themselves."""
+    if not storage.is_local(root):
+        return
+    for folder in (Path(root), Path(root) / "models"):
+        for leftover in folder.glob(f".*.{'?' * storage.HIDDEN_ID_LENGTH}.staging"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _swap_in(staging: str, final: str) -> None:
     """Put `staging` at `final` in one step; the previous content, if any, ends up at `staging`."""
     if not os.path.lexists(final):

@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         description="a second run on the same output waits for the first (true) or refuses at once (false)",
     )
 
+    prefect_api_wait_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="how long a `stockpipe` command waits for a Prefect server that stopped "
+        "answering before it stops, with exit status 75",
+    )
+
     # Ray.
     ray_address: str | None = Field(
         None,

@@ -164,12 +164,15 @@ def run(stage: Stage[P, R]) -> R:
     its output's lock throughout (a flow run holds it already for all its stages). A stop
     (compute/stop.py) can cut its build short; it leaves the published outputs as they were."""
     stop.checkpoint()
+    stop.running = stage.name
     try:
         with lock.hold(stage.settings.out, wait=stage.settings.wait, say=stage.progress):
             return _run(stage)
     except stop.Stopped as stopped:
         stopped.stage = stopped.stage or stage.name
         raise
+    finally:
+        stop.running = None
 
 
 def _run(stage: Stage[P, R]) -> R:

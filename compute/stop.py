@@ -39,6 +39,7 @@ class Stopped(BaseException):
 
 _lock = threading.Lock()
 _requested: Stopped | None = None
+running: str | None = None  # the stage running now (compute/stage.py), for whoever stops it
 
 
 def request(stopped: Stopped) -> bool:

@@ -462,6 +462,7 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     parameters = {o.parameter: getattr(args, o.dest) for o in command.options if o.parameter}
     if (stopped := stop.requested()) is not None:  # between the start and the flow
         return _stopped(stopped, layout)
+    services.watch_api(layout.root, settings.prefect_api_wait_seconds)
     with services.prefect_api():
         state = command.flow(pipeline)(**parameters, out=layout.root, return_state=True)
     if (stopped := stop.requested()) is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import os
 import socket
 import subprocess
@@ -129,6 +130,9 @@ def start(settings: Settings, ray_too: bool, imports: tuple[str, ...] = ()) -> N
     thread while this thread starts or joins Ray (when `ray_too`); return when all are done.
     Ray's errors are raised. A server that cannot start is left to the flow's own attempt, which
     then says why."""
+    # Prefect's client retries a call 5 times by default, about 30 s in all: past that, a server
+    # that is away for a minute fails the run with tracebacks before watch_api has its say.
+    os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
     thread = threading.Thread(target=_prefect_and_imports, args=(imports,), name="prefect-start", daemon=True)
     thread.start()
     try:
@@ -149,6 +153,77 @@ def prefect_api() -> Iterator[None]:
     # No UI URL: the server serves no UI, so Prefect must not print links to one.
     with temporary_settings(updates={PREFECT_API_URL: _server.url, PREFECT_UI_URL: ""}):
         yield
+
+
+def watch_api(out: str, wait_seconds: float) -> None:
+    """Watch the Prefect API this command's flow talks to (`PREFECT_API_URL`, or the temporary
+    server). While it does not answer, Prefect's client retries its calls (8 times, over about
+    4 minutes, unless PREFECT_CLIENT_MAX_RETRIES says otherwise: set in `start`) and its log and
+    event senders' complaints are held back. Once it has not answered for `wait_seconds`, the run
+    ends: one line (which server, since when, what is published, how to resume), its staging
+    folders removed, exit status 75. Prefect's client would otherwise retry for minutes; the
+    kernel releases the run's lock, and Ray's daemons end with the process. A server that answers
+    again in time is as if it had never gone."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = _server.url if _server is not None else str(PREFECT_API_URL.value() or "")
+    if url:
+        threading.Thread(
+            target=_watch, args=(url, out, wait_seconds), name="prefect-api-watch", daemon=True
+        ).start()
+
+
+class _Silenced(logging.Filter):
+    """Prefect's complaints that its server does not answer, while it does not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+
+def _quiet(on: bool) -> None:
+    source = logging.getLogger("prefect._internal.concurrency")  # its events and logs senders
+    logging.raiseExceptions = not on  # the stdlib's switch for a handler's own errors
+    for found in [f for f in source.filters if isinstance(f, _Silenced)]:
+        source.removeFilter(found)
+    if on:
+        source.addFilter(_Silenced())
+
+
+def _watch(url: str, out: str, wait_seconds: float) -> None:
+    from compute import publish, stop
+    from compute.layout import Layout
+    from flows import stopping
+
+    silent_since: float | None = None
+    while True:
+        time.sleep(2)
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    if silent_since is not None:
+                        _quiet(False)
+                    silent_since = None
+                    continue
+        except OSError:
+            pass
+        if silent_since is None:
+            silent_since = time.time()
+            _quiet(True)
+        if time.time() - silent_since < wait_seconds:
+            continue
+        since = time.strftime("%H:%M:%S", time.localtime(silent_since))
+        stopped = stop.Stopped(
+            f"the Prefect server at {url.removesuffix('/api')} has not answered since {since} "
+            f"({wait_seconds:g} s): stopped{f' during {stop.running}' if stop.running else ''}",
+            code=75, outcome="failed", then="run again once the server answers",
+        )  # fmt: skip
+        stopped.stage = stop.running
+        stop.request(stopped)  # nothing more starts while this ends it
+        publish.remove_every_leftover(out)
+        # Straight to the file: a stage's progress bar may hold sys.stderr (rich wraps and buffers
+        # it), and nothing is flushed after os._exit.
+        os.write(2, f"stockpipe: {stopping.line(stopped, Layout(out))}\n".encode())
+        os._exit(75)
 
 
 def exit_now(code: int) -> NoReturn:
