@@ -41,6 +41,15 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+def store_failure(error: BaseException) -> str | None:
+    """What the object store said, when it is the store that keeps failing `error` (after the
+    client's own retries): throttling, resets, timeouts; None for any other error."""
+    for cause in _causes(error):
+        if type(cause) is OSError and any(m in str(cause) for m in _STORE_MESSAGES):
+            return str(cause).splitlines()[0]
+    return None
+
+
 def is_out_of_space(error: BaseException) -> bool:
     """Whether `error` (or what caused it, in a Ray task or a Ray Train worker) is a full disk."""
     return any(

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         "answering before it stops, with exit status 75",
     )
 
+    store_attempts: int = Field(
+        10,
+        ge=1,
+        description="attempts at each object-store request, with the AWS SDK's backoff between them "
+        "(25 ms, doubling: about 13 s for 10) on throttling and dropped connections; set it where "
+        "the Ray workers run too",
+    )
+
     # Ray.
     ray_address: str | None = Field(
         None,

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compute import cluster, lock, publish, stop, storage
 from compute.cluster import Progress
-from compute.errors import is_out_of_space
+from compute.errors import is_out_of_space, store_failure
 from compute.layout import Layout
 from compute.publish import Manifest, Part, Staging
 from compute.settings import Settings
@@ -209,11 +209,16 @@ def _run(stage: Stage[P, R]) -> R:
     except BaseException as exc:
         for folder in staging:
             folder.abort()
+        # The line goes on with what stands (the published stage unchanged: flows/stopping.py).
+        if not isinstance(exc, stop.Stopped) and (failure := store_failure(exc)):
+            raise stop.Stopped(
+                f"the object store at {settings.out} keeps failing ({failure}): {stage.name} stopped",
+                code=1, outcome="failed", then="run again once the store answers",
+            ) from None  # fmt: skip
         if not isinstance(exc, stop.Stopped) and is_out_of_space(exc):  # someone else filled the disk
-            where = storage.basename(outputs[0])
             raise stop.Stopped(
                 f"the disk holding {settings.out} is full (no space left on device): {stage.name} stopped, "
-                f"its staging folder removed, the published {where}/ unchanged",
+                "its staging folder removed",
                 code=1, outcome="failed", then="free some space and run again",
             ) from None  # fmt: skip
         raise

@@ -63,9 +63,26 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
     if is_local(location):
         return pafs.LocalFileSystem(), location
     try:
-        return pafs.FileSystem.from_uri(location)
+        fs, path = pafs.FileSystem.from_uri(location)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
         raise ValueError(f"cannot use '{location}': {exc}") from exc
+    if isinstance(fs, pafs.S3FileSystem):
+        # The URI's options as pyarrow parsed them, and a retry strategy, which a URI cannot give.
+        rebuild, (options,) = fs.__reduce__()
+        # The SDK's "default" (legacy) mode: its standard mode also keeps a retry quota per client,
+        # which sustained throttling drains until nothing is retried (docs/operations.md).
+        strategy = pafs.AwsDefaultS3RetryStrategy(max_attempts=_s3_attempts())
+        fs = rebuild({**options, "retry_strategy": strategy})
+    return fs, path
+
+
+@lru_cache(maxsize=1)
+def _s3_attempts() -> int:
+    """Attempts at each S3 request (the store_attempts setting; pyarrow's own default is 3), with
+    the AWS SDK's backoff between them, 25 ms doubling: about 13 s in all for 10."""
+    from compute.settings import get_settings  # settings imports this module
+
+    return get_settings().store_attempts
 
 
 def join(location: str, *names: str) -> str:

@@ -68,6 +68,7 @@ def _run(stage_class: type[stage.Stage[Any, R]], settings: Settings) -> R | Stat
             current = stage_class(settings, progress)
             result = stage.run(current)
     except stop.Stopped as stopped:
+        stop.request(stopped)  # a stop from within (a full disk): the flow and the command see it too
         said = stopping.line(stopped, Layout(settings.out))
         return Cancelled(message=said) if stopped.outcome == "cancelled" else Failed(message=said)
     for artifact in current.artifacts(result):

@@ -62,7 +62,8 @@ def line(stopped: stop.Stopped, layout: Layout) -> str:
         what, folder = OUTPUTS[name]
         published = folder is not None and publish.is_published(getattr(layout, folder))
         if name != stopped.stage:
-            stands.append(f"{what} is {'published' if published else 'not built'}")
+            if published:  # an earlier stage this run did not build is not worth a word
+                stands.append(f"{what} is published")
         elif folder is not None:
             stands.append(f"{what} is {'unchanged' if published else 'not built'}")
     # An interruption names the stage it cut short; a failure's reason says where it happened.

@@ -34,9 +34,10 @@ def wait_ready(url: str, process: subprocess.Popen, path: str = "/readyz", timeo
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, then SIGKILL if it has not gone in 20 s. Descendants that
-    left the group (BentoML starts its workers in their own sessions) are stopped by process id."""
+def stop(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM the server's process group, then SIGKILL if it has not gone in `grace` seconds.
+    Descendants that left the group (BentoML starts its workers in their own sessions) are stopped
+    by process id."""
     if process.poll() is not None:
         return
     try:
@@ -45,14 +46,14 @@ def stop(process: subprocess.Popen) -> None:
         strays = []
     os.killpg(process.pid, signal.SIGTERM)
     try:
-        process.wait(timeout=20)
+        process.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
-    _, alive = psutil.wait_procs(strays, timeout=10)
+    _, alive = psutil.wait_procs(strays, timeout=min(grace, 10))
     for stray in alive:
         stray.terminate()
-    _, alive = psutil.wait_procs(alive, timeout=10)
+    _, alive = psutil.wait_procs(alive, timeout=min(grace, 10))
     for stray in alive:
         stray.kill()
 

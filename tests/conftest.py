@@ -48,6 +48,26 @@ def sample_zip(dest: Path) -> Path:
     return path
 
 
+def scaled_sample(dest: Path, times: int) -> Path:
+    """The embedded sample `times` over: every file also under new symbol names (AAPL.R1, ...)
+    with its metadata rows, for a run whose stages take a few seconds."""
+    for kind in ("stocks", "etfs"):
+        (dest / kind).mkdir(parents=True)
+        for path in sorted((SAMPLE / kind).glob("*.csv")):
+            for k in range(times):
+                os.link(path, dest / kind / (path.name if k == 0 else f"{path.stem}.R{k}.csv"))
+    lines = (SAMPLE / "symbols_valid_meta.csv").read_text().splitlines()
+    column = lines[0].split(",").index("NASDAQ Symbol")
+    rows = [lines[0], *lines[1:]]
+    for k in range(1, times):
+        for row in lines[1:]:
+            cells = row.split(",")
+            cells[column] = f"{cells[column]}.R{k}"
+            rows.append(",".join(cells))
+    (dest / "symbols_valid_meta.csv").write_text("\n".join(rows) + "\n")
+    return dest
+
+
 # What a line that looks like an error or a traceback looks like: Python's, Prefect's and Ray's own
 # (C++ log lines carry " E " between the time and the process id).
 ERROR_LOOKING = re.compile(r"Traceback|\bERROR\b|\b[A-Za-z]+Error\b|\d E \d+ \d+\]")

@@ -149,7 +149,7 @@ def stock_ray_head(tmp_path: Path) -> Any:
             "token": (home / ".ray" / "auth_token").read_text(),
         }
     finally:
-        stop(head)
+        stop(head, grace=3)
 
 
 def test_a_stock_ray_head_is_joined_with_the_token_at_hand(

@@ -19,6 +19,7 @@ from compute import model as contract
 from compute import publish, registry, storage
 from compute.layout import Layout
 from compute.settings import Settings
+from harness.faulty_proxy import Fault, FaultyProxy, Request
 from harness.procs import free_port, start_server, stop
 from tests.conftest import SAMPLE
 
@@ -41,7 +42,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
         _upload_sample(fs)
         options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        yield {"fs": fs, "uri": lambda key: f"s3://{BUCKET}/{key}?{options}"}
+        yield {"fs": fs, "port": port, "uri": lambda key: f"s3://{BUCKET}/{key}?{options}"}
     finally:
         stop(process)
 
@@ -159,3 +160,75 @@ def test_credentials_in_a_uri_are_refused() -> None:
     # A location is written to reports and logs, so secrets must come from the environment.
     assert main(["ingest", "--source", "s3://AKIA:hunter2@bucket/data", "--out", "out"]) == 2
     assert main(["features", "--out", "s3://bucket/x?secret_key=hunter2"]) == 2
+
+
+def _through(proxy: FaultyProxy, key: str) -> str:
+    return f"s3://{BUCKET}/{key}?endpoint_override=127.0.0.1:{proxy.port}&scheme=http&region=us-east-1"
+
+
+def test_throttling_and_resets_during_a_publish_are_retried_by_the_store_client(
+    s3: dict[str, Any], ray_session: str | None, prefect_harness: None, sample_run: dict[str, Any]
+) -> None:
+    """The first try of every fourth write to the store is answered 503 SlowDown and of every
+    seventh request reset, through a proxy in front of moto, while stage 1 is written and
+    published: pyarrow's S3 client retries each (compute/storage.py), and stage 1 is whole and
+    exact. (Reads are reset but not throttled: pyarrow 26 writes a throttled GET's error body into
+    the read's buffer and fails with INTERNAL_FAILURE instead of retrying; docs/operations.md.)"""
+    from flows.pipeline import ingest_flow
+
+    def flaky(request: Request) -> Fault:
+        if request.attempt > 1:
+            return None
+        if request.number % 4 == 0 and request.method != "GET":
+            return "slow_down"
+        return "reset" if request.number % 7 == 0 else None
+
+    with FaultyProxy(s3["port"], flaky) as proxy:
+        result = ingest_flow(source=str(SAMPLE), out=_through(proxy, "runs/flaky"))
+    assert {f[0] for f in proxy.faults} == {"slow_down", "reset"} and len(proxy.faults) > 10, proxy.faults
+    assert result.rows == sample_run["result"].ingest.rows
+    ours = _stage_table(s3["uri"]("runs/flaky/stage1")).sort_by(
+        [("Symbol", "ascending"), ("Date", "ascending")]
+    )
+    local = pq.read_table(Path(sample_run["out"]) / "stage1").sort_by(
+        [("Symbol", "ascending"), ("Date", "ascending")]
+    )
+    assert ours.equals(local)
+
+
+def test_a_store_that_keeps_failing_ends_in_one_line_and_leaves_the_previous_publish(
+    s3: dict[str, Any], ray_session: str | None, prefect_harness: None, tmp_path: Path
+) -> None:
+    """Every write of a part file answered 503 SlowDown, beyond the client's retries (10, about
+    13 s): one line, exit status 1, and the stage 1 published before is the one readers find."""
+    import os
+    import subprocess
+
+    import ray
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.conftest import ERROR_LOOKING
+
+    out = s3["uri"]("runs/failing")
+    from flows.pipeline import ingest_flow
+
+    ingest_flow(source=str(SAMPLE), out=out)
+    published = publish.read_manifest(s3["uri"]("runs/failing/stage1"))
+
+    def throttled(request: Request) -> Fault:
+        return "slow_down" if request.method == "PUT" and "part-" in request.path else None
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # fmt: skip
+    with FaultyProxy(s3["port"], throttled) as proxy:
+        command = [sys.executable, "-m", "flows.cli", "ingest", "--force", "--source", str(SAMPLE), "--out",
+                   _through(proxy, "runs/failing")]  # fmt: skip
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stockpipe:")]
+    assert len(lines) == 1 and "keeps failing" in lines[0] and "SLOW_DOWN" in lines[0].upper(), lines
+    assert "ingest stopped: stage 1 is unchanged; run again once the store answers" in lines[0]
+    printed = (result.stdout + result.stderr).splitlines()
+    assert not [line for line in printed if ERROR_LOOKING.search(line) and not line.startswith("stockpipe:")]
+    assert publish.read_manifest(s3["uri"]("runs/failing/stage1")) == published
+    assert _stage_table(s3["uri"]("runs/failing/stage1")).num_rows > 0

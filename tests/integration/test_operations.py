@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from compute.settings import PROJECT_ROOT
 from harness.procs import free_port, spawn, start_server, stop
 from harness.proctree import marked
-from tests.conftest import ERROR_LOOKING
+from tests.conftest import ERROR_LOOKING, scaled_sample
+from tests.integration.test_faults import stage_files
 
 BIN = Path(sys.executable).parent
 MARK = "STOCKPIPE_TEST_RUN"
@@ -151,6 +153,9 @@ def deployment_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[s
 def test_deployments_from_prefect_yaml_are_registered(deployment_runs: dict[str, Any]) -> None:
     for name in ["stock-pipeline/sample", "stock-pipeline/daily", "ingest-stage/ingest", "train-stage/train"]:
         assert name.split("/")[1] in deployment_runs["listed"], deployment_runs["listed"]
+    # Their runs send heartbeats, which automations.yaml watches (test_interruptions.py).
+    daily = api(deployment_runs["env"], "GET", "/deployments/name/stock-pipeline/daily")
+    assert daily["job_variables"]["env"] == {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "180"}, daily
 
 
 def test_two_deployment_runs_at_once_on_one_output_both_complete(deployment_runs: dict[str, Any]) -> None:
@@ -219,9 +224,27 @@ def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
         out = tmp_path / "out"
         stockpipe = [sys.executable, "-m", "flows.cli", "run", "--out", str(out), "--ray-address", address]
         run(stockpipe, env, timeout=300)
+
+        # A node lost mid-stage: its tasks run again on the node that is left, and the output is
+        # exactly what both nodes make (both runs plan their batches with both nodes alive).
+        source = scaled_sample(tmp_path / "scaled", 8)
+        etl = [sys.executable, "-m", "flows.cli", "run", "--stop-after", "features", "--source", str(source),
+               "--ray-address", address, "--out"]  # fmt: skip
+        run([*etl, str(tmp_path / "both")], env, timeout=300)
+        log = tmp_path / "lost.log"
+        running = spawn([*etl, str(tmp_path / "one")], log, env)
+        wait_for(lambda: "ingest: " in log.read_text() and " tasks done" in log.read_text(),
+                 "the ingest fan-out", running, log)  # fmt: skip
+        os.killpg(nodes[1].pid, signal.SIGKILL)  # the worker node: its raylet, its workers, their tasks
+        nodes[1].wait()
+        assert running.wait(timeout=300) == 0, log.read_text()[-3000:]
+        lost = log.read_text()
+        assert "ingest: " in lost and not [line for line in lost.splitlines() if ERROR_LOOKING.search(line)]
+        for stage in ("stage1", "stage2", "quarantine"):
+            assert stage_files(tmp_path / "one", stage) == stage_files(tmp_path / "both", stage), stage
     finally:
         for node in reversed(nodes):
-            stop(node)
+            stop(node, grace=3)
 
     ingest = json.loads((out / "reports" / "ingest.json").read_text())
     features = json.loads((out / "reports" / "features.json").read_text())
@@ -364,11 +387,13 @@ def test_cancelling_a_deployment_run_ends_its_stage_cancelled_and_the_next_run_r
     worker_said = log.read_text()[len(before) :]
     assert "Traceback" not in worker_said and "status code: -6" not in worker_said, worker_said[-3000:]
     assert not [line for line in run_logs(env, cancelled) if ERROR_LOOKING.search(line)]
-    # Every process the worker's runs start carries the worker's mark; none of Ray's is left.
+    # Every process the worker's runs start carries the worker's mark; none of Ray's is left once
+    # ray.shutdown's children have had their moment to exit.
     rays = [
         p for p in marked(MARK, env[MARK]) if any(n in " ".join(p.cmdline()) for n in ("ray", "gcs_server"))
     ]
-    assert not rays, [" ".join(p.cmdline())[:100] for p in rays]
+    _, left = psutil.wait_procs(rays, timeout=20)
+    assert not left, [" ".join(p.cmdline())[:160] for p in left]
     assert not (out / "model").exists() and not [p for p in out.glob(".*") if p.name != ".stockpipe.lock"]
 
     resumed = flow_run_id(run(submit, env).stdout)
