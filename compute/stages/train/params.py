@@ -11,6 +11,9 @@ def resolve_device(requested: str, cluster_gpus: float) -> str:
     """'auto' picks CUDA when the Ray cluster has a GPU, else CPU."""
     if requested not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train device must be auto, cpu or cuda, not {requested!r}")
+    if requested == "cuda" and cluster_gpus < 1:
+        # Ray Train would wait for ever for a GPU to reserve.
+        raise ValueError("train device cuda, but the Ray cluster has no GPU (auto uses one where there is)")
     if requested != "auto":
         return requested
     return "cuda" if cluster_gpus >= 1 else "cpu"

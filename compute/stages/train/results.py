@@ -21,6 +21,7 @@ class FitOutcome(BaseModel):
     model_config = ConfigDict(ser_json_inf_nan="constants")
     history: History
     seconds: float  # boosting
+    device: str = ""  # what XGBoost used, from the booster's config: "cpu" after a fall-back from CUDA
     model: ErrorSums
     baseline: ErrorSums
     train_rows: int
@@ -84,7 +85,8 @@ class TrainRows(BaseModel):
 class Engine(BaseModel):
     trainer: str
     workers: int
-    device: str
+    device: str  # the one asked of XGBoost
+    xgboost_device: str | None = None  # the one it used, as the first worker's booster reports it
 
 
 class Timing(BaseModel):

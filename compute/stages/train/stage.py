@@ -130,7 +130,12 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         self.progress.tasks("train", workers, workers)
         storage.remove_dir(work)
 
-        engine = Engine(trainer="ray.train.xgboost.XGBoostTrainer", workers=workers, device=device)
+        used = fitted.workers[0].time.device or None
+        if device == "cuda" and used and not used.startswith("cuda"):
+            self.progress(f"train: XGBoost fell back from CUDA to {used} (it found no usable GPU)")
+        engine = Engine(
+            trainer="ray.train.xgboost.XGBoostTrainer", workers=workers, device=device, xgboost_device=used
+        )
         result = summary.summarise(
             fitted,
             version=self.version,

@@ -9,6 +9,7 @@ the work folder, which is shared storage whenever the output is.
 from __future__ import annotations
 
 import io
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,12 @@ class Fit:
     outcome: FitOutcome
 
 
+def booster_device(booster: xgb.Booster) -> str:
+    """The device XGBoost trained on ("cpu", "cuda:0"): without a usable GPU it warns and falls
+    back to the CPU, and its config says so, whatever was asked."""
+    return str(json.loads(booster.save_config())["learner"]["generic_param"]["device"])
+
+
 def fit_split(
     params: dict[str, Any],
     rounds: int,
@@ -105,6 +112,7 @@ def fit_split(
     outcome = FitOutcome(
         history=history,
         seconds=seconds,
+        device=booster_device(booster),
         model=ErrorSums.of(volume[test], predicted),
         baseline=ErrorSums.of(volume[test], m[test]),
         train_rows=int(train.sum()),
