@@ -64,6 +64,8 @@ def start_ray(settings: Any) -> str:
 
     import ray
 
+    if ray.is_initialized():  # a caller's (the tests')
+        return "the caller's Ray"
     try:
         import ray.dashboard.optional_deps
     except ImportError as missing:
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ray {ray.__version__}, python {sys.version.split()[0]}", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="stockpipe-gpu-") as out:
         settings = get_settings(source=args.source, out=out)
-        started = time.perf_counter()
+        started, started_here = time.perf_counter(), not ray.is_initialized()
         dashboard = start_ray(settings)
         resources = ray.cluster_resources()
         print(f"ray: started in {time.perf_counter() - started:.1f} s, {resources.get('CPU', 0):.0f} CPUs, "
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as exc:  # cuda where Ray sees no GPU
                 print(f"{device:>4}: refused: {exc}", flush=True)
                 failed = True
-        ray.shutdown()
+        if started_here:
+            ray.shutdown()
 
     for r in results:
         ok = used_as_asked(r)

@@ -234,10 +234,10 @@ def test_a_killed_run_restarts_cleanly_and_reuses_finished_stages(
 def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
     ray_session: str | None, prefect_harness: None, sample_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    """`stockpipe train` SIGKILLed while Ray Train fits, once the new version is staged, and just
-    after it is published: each time the champion (model/) is whole (model.json's SHA-256 matches
-    model.bin; metrics.json and champion.json name the same version) and every published version
-    is whole, never a mix. A reader that keeps loading the champion while a training publishes a
+    """`stockpipe train` SIGKILLed while Ray Train fits and just after the new version is
+    published: each time the champion (model/) is whole (model.json's SHA-256 matches model.bin;
+    metrics.json and champion.json name the same version) and every published version is whole,
+    never a mix. A reader that keeps loading the champion while a training publishes a
     new version and promotes it never sees a mix either."""
     import ray
     from prefect.settings import PREFECT_API_URL
@@ -264,9 +264,10 @@ def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
             assert card.version == version
         return registry.versions(layout)
 
+    # (The moment between staging and publishing lasts milliseconds; test_publish.py kills a
+    # publisher at random moments in it.)
     moments = {
         "Ray Train is fitting": lambda: any(out.glob("models/.*.staging/_work/*")),
-        "the new model is staged": lambda: any(out.glob("models/.*.staging/model.*")),
         "the new model is published": lambda: len(registry.versions(layout)) > len(before),
     }
     killed = []
@@ -280,8 +281,7 @@ def test_a_training_killed_at_any_moment_leaves_the_old_model_or_the_new(
         assert model == model_before and metrics == metrics_before, moment
         after = versions_whole()
         assert after == before or (len(after) == len(before) + 1 and after[:-1] == before), moment
-    # The staged moment lasts milliseconds: a kill may land just after it. The others last seconds.
-    assert {"Ray Train is fitting", "the new model is published"} <= set(killed), killed
+    assert set(killed) == set(moments), killed
 
     stop_reading = threading.Event()
     seen: list[int] = []

@@ -7,6 +7,7 @@ A deployment run cancelled through a real worker is in test_operations.py."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -59,7 +60,10 @@ def nothing_left(env: dict[str, str], timeout: float = 20) -> None:
 
 
 def said(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("stockpipe:")]
+    """The command's own lines, without a terminal's escapes (the progress bar shows the cursor
+    again, `ESC[?25h`, just before the line)."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    return [line for line in plain.splitlines() if line.startswith("stockpipe:")]
 
 
 def no_error_lines(text: str) -> None:
