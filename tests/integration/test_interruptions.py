@@ -97,6 +97,8 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     assert not leftovers(out) and not (out / "model").exists()
     nothing_left(env)
 
+    # The next run (on this session's Prefect and Ray, which saves starting them again) goes on.
+    env = session_env()
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "reused: ingest, features" in again.stdout

@@ -49,7 +49,12 @@ def test_metrics_are_complete_and_consistent(sample_run: dict[str, Any]) -> None
     timing = metrics["timing"]
     assert 0 < timing["ray_train_start_seconds"] < timing["ray_train_fit_seconds"]
     assert 0 <= timing["ray_train_stop_seconds"] < timing["ray_train_fit_seconds"]
-    assert metrics["engine"] == {"trainer": "ray.train.xgboost.XGBoostTrainer", "workers": 2, "device": "cpu"}
+    assert metrics["engine"] == {
+        "trainer": "ray.train.xgboost.XGBoostTrainer",
+        "workers": 2,
+        "device": "cpu",
+        "xgboost_device": "cpu",
+    }
     assert sample_run["result"].train.to_json() == metrics  # metrics.json is the typed result
 
 
