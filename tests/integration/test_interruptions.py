@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,23 @@ def no_error_lines(text: str) -> None:
     assert not [line for line in text.splitlines() if ERROR_LOOKING.search(line)], text[-3000:]
 
 
+def signalled_while_training(
+    command: list[str], env: dict[str, str], send: Callable[[Terminal], None], settle: float
+) -> tuple[Terminal, int, float]:
+    """`command` on a terminal, sent a signal by `send` `settle` seconds after training began:
+    the terminal, the exit status, and the seconds from the signal to the exit."""
+    terminal = Terminal(command, env)
+    try:
+        terminal.wait_for("Ray Train workers", timeout=180)
+        time.sleep(settle)
+        sent = time.monotonic()
+        send(terminal)
+        code = terminal.wait(timeout=60)
+        return terminal, code, time.monotonic() - sent
+    finally:
+        terminal.kill()
+
+
 def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     sample_run: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -77,16 +94,7 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     command, Ctrl-C typed while it trains (the kernel sends SIGINT to the whole process group)."""
     out, env = tmp_path / "out", clean_env()
     command = [*STOCKPIPE, "run", "--out", str(out)]
-    terminal = Terminal(command, env)
-    try:
-        terminal.wait_for("Ray Train workers", timeout=180)
-        time.sleep(2)
-        typed = time.monotonic()
-        terminal.interrupt()
-        code = terminal.wait(timeout=60)
-        seconds = time.monotonic() - typed
-    finally:
-        terminal.kill()
+    terminal, code, seconds = signalled_while_training(command, env, Terminal.interrupt, settle=2)
     text = terminal.text
     assert code == 130 and seconds < 10, (code, seconds, text[-2000:])
     assert said(text) == [
@@ -130,20 +138,14 @@ def test_sigterm_stops_in_order_and_a_second_signal_at_once(
     ray_session: str | None, prefect_harness: None, sample_run: dict[str, Any], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    for folder in ("stage2",):  # training alone: what the issue's cancelled run was doing
+    for folder in ("stage2",):  # training alone: what a cancelled daily run was doing
         shutil.copytree(sample_run["out"] / folder, out / folder)
     env = session_env()
     command = [*STOCKPIPE, "train", "--out", str(out)]
-    terminal = Terminal(command, env)
-    try:
-        terminal.wait_for("Ray Train workers", timeout=120)
-        time.sleep(1)
-        sent = time.monotonic()
-        os.kill(terminal.pid, signal.SIGTERM)  # the process alone, as `kill` sends it
-        code = terminal.wait(timeout=60)
-        seconds = time.monotonic() - sent
-    finally:
-        terminal.kill()
+    # To the process alone, as `kill` sends it.
+    terminal, code, seconds = signalled_while_training(
+        command, env, lambda t: os.kill(t.pid, signal.SIGTERM), settle=1
+    )
     assert code == 143 and seconds < 10, (code, seconds, terminal.text[-2000:])
     assert said(terminal.text) == [
         "stockpipe: interrupted (SIGTERM) during train: stage 2 is published, the champion model is not "
