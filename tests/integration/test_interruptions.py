@@ -324,6 +324,15 @@ def test_a_prefect_server_that_comes_back_is_waited_for_and_one_that_stays_down_
             terminal.wait_for("Ray Train workers", timeout=120)
             run_id = httpx.post(f"{base['PREFECT_API_URL']}/flow_runs/filter", json={"limit": 1,
                                 "sort": "START_TIME_DESC"}).json()[0]["id"]  # fmt: skip
+            # The run's first heartbeat (sent as it starts) is in the server before it goes, or
+            # the automation has nothing to wait after.
+            heartbeat = {"event": {"name": ["prefect.flow-run.heartbeat"]},
+                         "resource": {"id": [f"prefect.flow-run.{run_id}"]}}  # fmt: skip
+            events = f"{base['PREFECT_API_URL']}/events/filter"
+            deadline = time.monotonic() + 60
+            while not httpx.post(events, json={"filter": heartbeat, "limit": 1}).json()["events"]:
+                assert time.monotonic() < deadline, "no heartbeat from the run"
+                time.sleep(0.5)
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
             killed = time.monotonic()
