@@ -238,9 +238,9 @@ def train(python: str, out: Path) -> dict[str, str]:
         "rows (train + test)": f"{rows:,}",
         "whole command": f"{wall:.1f} s",
         "stage": f"{timing['stage_seconds']:.1f} s",
-        "Ray Train fit": f"{timing['ray_train_fit_seconds']:.1f} s",
-        "of which start / load / boost / stop": "{ray_train_start_seconds:.1f} / {load_seconds:.1f} / "
-        "{boosting_seconds:.1f} / {ray_train_stop_seconds:.1f} s".format(**timing),
+        "fit": f"{timing['fit_seconds']:.1f} s ({metrics['engine']['layout']})",
+        "of which start / load / boost / stop": "{start_seconds:.1f} / {load_seconds:.1f} / "
+        "{boosting_seconds:.1f} / {stop_seconds:.1f} s".format(**timing),
         "overhead (stage - load - boost)": f"{overhead:.1f} s",
         "peak memory (process tree, PSS)": f"{peak / 2**20:,.0f} MiB",
     }

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Stage what bench/gpu.py needs on an offline GPU host that has Python 3.12 (x86-64) with numpy,
-# pandas, pyarrow, matplotlib, grpcio, protobuf, pyyaml, requests, psutil, click, filelock, fsspec,
-# aiohttp and the CUDA runtime, but no xgboost, ray or pydantic, no package index, and takes at most
-# 64 MiB a transfer (the working tree, about 12 MiB, included):
+# pandas, pyarrow, matplotlib, CuPy, nvidia-ml-py, psutil, httpx and the CUDA runtime, but no
+# xgboost, ray or pydantic, no package index, and takes at most 64 MiB a transfer (the working
+# tree, about 12 MiB, included):
 #
-#   bench/gpu-wheels.sh            # downloads into .gpu/wheels, splits into .gpu/p1, .gpu/p2, ...
+#   bench/gpu-wheels.sh            # downloads, unpacks, compresses, splits into .gpu/p1, .gpu/p2, ...
 #
 # The wheels are the project's pins (constraints.txt); xgboost is the full CUDA build at the pin of
-# xgboost-cpu. They travel as one tar split into parts of PART_MIB (default 48) MiB, each part in
-# an ignored folder of its own, one transfer each. .gpu/commands.txt lists the command of each
-# transfer, in order: each copies its part to /tmp/wheels on the host; the last one then joins
-# them, checks the SHA-256, installs with pip --target, prints nvidia-smi and runs the check, its
-# output kept under $OUT.
+# xgboost-cpu. They are unpacked into one site folder (a wheel is its files as they lie in
+# site-packages), less what training never loads (Ray's Java jars, RLlib, Ray LLM, the dashboard's
+# web client: 206 MiB of wheels become 114 MiB), compressed with xz (about 3 minutes on 2 cores)
+# and split into parts of PART_MIB (default 40) MiB, each in an ignored folder of its own, one
+# transfer each. .gpu/commands.txt lists the command of each transfer, in order: each copies its
+# part to /tmp/site-parts on the host; the last one runs bench/gpu-host.sh, which joins the parts,
+# checks their SHA-256, unpacks them into /tmp/site and runs the check and the timings, writing
+# everything under $OUT as it goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PART_MIB=${PART_MIB:-48}
+PART_MIB=${PART_MIB:-40}
 PYTHON=${PYTHON:-python3}
 # Beyond the host's packages: what compute/ imports (XGBoost, Ray with Ray Train, pydantic
 # settings, Bottleneck for the rolling median) and what those need that the host lacks.
@@ -29,7 +32,7 @@ pin() {  # the version constraints.txt pins for $1
   echo "$found"
 }
 
-rm -rf .gpu && mkdir -p .gpu/wheels
+rm -rf .gpu && mkdir -p .gpu/wheels .gpu/site
 requirements=("xgboost==$(pin xgboost-cpu)")
 for name in "${PACKAGES[@]}"; do requirements+=("$name==$(pin "$name")"); done
 platforms=()
@@ -39,24 +42,28 @@ done
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" -d .gpu/wheels "${requirements[@]}"
 
-(cd .gpu/wheels && tar -cf ../wheels.tar ./*.whl)
-split -b "${PART_MIB}m" -d -a 1 .gpu/wheels.tar .gpu/wheels.tar.
-parts=(.gpu/wheels.tar.*)
+for wheel in .gpu/wheels/*.whl; do
+  "$PYTHON" -m zipfile -e "$wheel" .gpu/site
+done
+rm -rf .gpu/site/ray/jars .gpu/site/ray/rllib .gpu/site/ray/llm .gpu/site/ray/dashboard/client/build
+tar -C .gpu/site -cf - . | xz -9 -T2 > .gpu/site.tar.xz
+sha=$(sha256sum .gpu/site.tar.xz | cut -d' ' -f1)
+split -b "${PART_MIB}m" -d -a 1 .gpu/site.tar.xz .gpu/site.tar.xz.
+parts=(.gpu/site.tar.xz.*)
 i=0
 for part in "${parts[@]}"; do
   i=$((i + 1))
   mkdir -p ".gpu/p$i" && mv "$part" ".gpu/p$i/"
 done
-sha=$(sha256sum .gpu/wheels.tar | cut -d' ' -f1)
-rm .gpu/wheels.tar
+rm -rf .gpu/site .gpu/site.tar.xz
 
 {
   echo "# One transfer per line, in order, each carrying the folder it names (the working tree travels too)."
   for k in $(seq 1 $((i - 1))); do
-    echo ".gpu/p$k: mkdir -p /tmp/wheels && cp .gpu/p$k/* /tmp/wheels/ && ls -l /tmp/wheels"
+    echo ".gpu/p$k: mkdir -p /tmp/site-parts && cp .gpu/p$k/* /tmp/site-parts/ && ls -l /tmp/site-parts"
   done
-  echo ".gpu/p$i: set -o pipefail; mkdir -p /tmp/wheels && cp .gpu/p$i/* /tmp/wheels/ && (cd /tmp/wheels && cat wheels.tar.* > wheels.tar && echo '$sha  wheels.tar' | sha256sum -c - && tar -xf wheels.tar && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site ./*.whl) && export PYTHONPATH=/tmp/site RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1 && nvidia-smi | tee \$OUT/nvidia-smi.txt && python3 -m bench.gpu --json \$OUT/gpu.json 2>&1 | tee \$OUT/gpu.log"
+  echo ".gpu/p$i: mkdir -p /tmp/site-parts && cp .gpu/p$i/* /tmp/site-parts/ && SITE_SHA256=$sha bash bench/gpu-host.sh"
 } > .gpu/commands.txt
 
-echo "gpu-wheels: ${#requirements[@]} wheels, $(du -sm .gpu/wheels | cut -f1) MiB, in $i parts of at most $PART_MIB MiB (.gpu/p1 .. .gpu/p$i)"
+echo "gpu-wheels: ${#requirements[@]} wheels, $(du -cm .gpu/p*/* | tail -1 | cut -f1) MiB compressed, in $i parts (.gpu/p1 .. .gpu/p$i)"
 echo "gpu-wheels: the commands, one transfer each: .gpu/commands.txt"

@@ -88,6 +88,15 @@ class Profile(BaseModel):
             return cls(fine=[0] * FINE_BINS, low=float("inf"), high=float("-inf"))
         return cls(fine=fine_histogram(values).tolist(), low=float(values.min()), high=float(values.max()))
 
+    @classmethod
+    def merged(cls, profiles: list[Profile]) -> Profile:
+        """The profile of several parts' rows together (a histogram adds up)."""
+        return cls(
+            fine=np.sum([p.fine for p in profiles], axis=0, dtype=np.int64).tolist(),
+            low=min(p.low for p in profiles),
+            high=max(p.high for p in profiles),
+        )
+
 
 class Counts(BaseModel):
     """One column of one worker's rows, over a reference model's bins."""
@@ -99,6 +108,13 @@ class Counts(BaseModel):
     def of(cls, reference: Bins, values: np.ndarray) -> Counts:
         outside = int(np.count_nonzero((values < reference.low) | (values > reference.high)))
         return cls(counts=counts_in(reference, values).tolist(), outside=outside)
+
+    @classmethod
+    def merged(cls, counts: list[Counts]) -> Counts:
+        return cls(
+            counts=np.sum([c.counts for c in counts], axis=0, dtype=np.int64).tolist(),
+            outside=sum(c.outside for c in counts),
+        )
 
 
 def merged_bins(profiles: list[Profile]) -> Bins:

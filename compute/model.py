@@ -19,7 +19,7 @@ import numpy as np
 import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from compute import publish
+from compute import arrays, publish
 from compute.drift import Bins
 from compute.layout import METADATA_FILE, MODEL_FILE
 from compute.metrics import Metrics
@@ -90,11 +90,13 @@ class ModelCard(BaseModel):
 
 
 def to_target(volume: np.ndarray, vol_moving_avg: np.ndarray) -> np.ndarray:
-    return np.asarray(volume, dtype=np.float64) / np.maximum(vol_moving_avg, RATIO_FLOOR)
+    """What the booster learns (numpy or CuPy arrays)."""
+    xp = arrays.module_of(volume)
+    return xp.asarray(volume, dtype=xp.float64) / xp.maximum(vol_moving_avg, RATIO_FLOOR)
 
 
 def to_volume(raw: np.ndarray, vol_moving_avg: np.ndarray, transform: str = TARGET_TRANSFORM) -> np.ndarray:
-    """Booster output -> predicted volume (float, never negative)."""
+    """Booster output -> predicted volume (float, never negative; numpy or CuPy arrays)."""
     if transform != TARGET_TRANSFORM:
         raise ValueError(f"unknown target transform {transform!r}")
     return np.maximum(raw, 0.0) * np.maximum(vol_moving_avg, RATIO_FLOOR)

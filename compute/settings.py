@@ -88,8 +88,15 @@ class Settings(BaseSettings):
     train_device: str = Field(
         "auto", description="auto (CUDA when the Ray cluster has a GPU, else CPU), cpu or cuda"
     )
+    train_layout: str = Field(
+        "auto",
+        description="auto (one Ray task holding a whole node where one GPU or one node suffices; "
+        "Ray Train's workers where there are several GPUs or nodes, or more data than a node "
+        "holds), single or distributed",
+    )
     train_workers: int | None = Field(
-        None, description="Ray Train workers; unset: one per GPU, else one per CPU (at most 8)"
+        None,
+        description="Ray Train workers when distributed; unset: one per GPU, else one per CPU (at most 8)",
     )
     train_compare_random_split: bool = Field(
         False,

@@ -267,6 +267,14 @@ DEVICE = option(
     default=None,
     help="where XGBoost trains (default auto: CUDA if the Ray cluster has a GPU, else CPU)",
 )
+LAYOUT = option(
+    "--layout",
+    parameter="train_layout",
+    choices=["auto", "single", "distributed"],
+    default=None,
+    help="one Ray task or Ray Train's workers (default auto: Ray Train only where there are several "
+    "GPUs or nodes, or more data than a node holds)",
+)
 ROUNDS = option(
     "--rounds",
     parameter="train_rounds",
@@ -301,7 +309,7 @@ DATASET = option("--dataset", default=DEFAULT_DATASET, help=f"OWNER/DATASET (def
 DEST = option("--dest", default=None, metavar="DIR", help="where to keep the zip (default ./data/downloads)")
 REFETCH = option("--force", action="store_true", help="download again even if a verified copy is there")
 STAGE = (FORCE, RAY_ADDRESS, NO_WAIT)  # every command that runs stages
-TRAINING = (DEVICE, ROUNDS, BACKTEST)
+TRAINING = (DEVICE, LAYOUT, ROUNDS, BACKTEST)
 
 VERSION = option("version", metavar="VERSION", help="the version to promote (`stockpipe models` lists them)")
 STAGE1 = Needs("stage1", "stage 1 output", "ingest")

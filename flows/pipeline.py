@@ -176,6 +176,7 @@ def stock_pipeline(
     out: str = "output",
     ray_address: str | None = None,
     train_device: str | None = None,
+    train_layout: str | None = None,
     train_rounds: int | None = None,
     stop_after: Literal["features", "train", "package"] = "package",
     force: bool = False,
@@ -185,6 +186,7 @@ def stock_pipeline(
     model, and build the Bento, all under `out` (or stop after an earlier stage)."""
     training = {
         "train_device": train_device,
+        "train_layout": train_layout,
         "train_rounds": train_rounds,
         "train_backtest_folds": train_backtest_folds,
     }
@@ -220,12 +222,14 @@ def train_flow(
     out: str = "output",
     ray_address: str | None = None,
     train_device: str | None = None,
+    train_layout: str | None = None,
     train_rounds: int | None = None,
     force: bool = False,
     train_backtest_folds: int | None = None,
 ) -> TrainMetrics:
     training = {
         "train_device": train_device,
+        "train_layout": train_layout,
         "train_rounds": train_rounds,
         "train_backtest_folds": train_backtest_folds,
     }

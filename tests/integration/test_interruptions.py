@@ -29,6 +29,9 @@ from tests.integration.test_faults import stage_files
 
 MARK = "STOCKPIPE_TEST_RUN"
 STOCKPIPE = [sys.executable, "-m", "flows.cli"]
+# The sample trains in about a second; with these rounds its fit lasts several (about 6 s of
+# boosting on 2 cores), so that a signal sent once training began lands in the fit.
+LONG_FIT = ["--rounds", "2000"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -77,7 +80,7 @@ def signalled_while_training(
     the terminal, the exit status, and the seconds from the signal to the exit."""
     terminal = Terminal(command, env)
     try:
-        terminal.wait_for("Ray Train workers", timeout=180)
+        terminal.wait_for("train: one Ray task", timeout=180)
         time.sleep(settle)
         sent = time.monotonic()
         send(terminal)
@@ -93,7 +96,7 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     """As a person runs it: a terminal, Prefect's temporary server and a local Ray started by the
     command, Ctrl-C typed while it trains (the kernel sends SIGINT to the whole process group)."""
     out, env = tmp_path / "out", clean_env()
-    command = [*STOCKPIPE, "run", "--out", str(out)]
+    command = [*STOCKPIPE, "run", "--out", str(out), *LONG_FIT]
     terminal, code, seconds = signalled_while_training(command, env, Terminal.interrupt, settle=2)
     text = terminal.text
     assert code == 130 and seconds < 10, (code, seconds, text[-2000:])
@@ -141,7 +144,7 @@ def test_sigterm_stops_in_order_and_a_second_signal_at_once(
     for folder in ("stage2",):  # training alone: what a cancelled daily run was doing
         shutil.copytree(sample_run["out"] / folder, out / folder)
     env = session_env()
-    command = [*STOCKPIPE, "train", "--out", str(out)]
+    command = [*STOCKPIPE, "train", "--out", str(out), *LONG_FIT]
     # To the process alone, as `kill` sends it.
     terminal, code, seconds = signalled_while_training(
         command, env, lambda t: os.kill(t.pid, signal.SIGTERM), settle=1
@@ -159,7 +162,7 @@ def test_sigterm_stops_in_order_and_a_second_signal_at_once(
 
     terminal = Terminal(command, env)
     try:
-        terminal.wait_for("Ray Train workers", timeout=120)
+        terminal.wait_for("train: one Ray task", timeout=120)
         os.kill(terminal.pid, signal.SIGINT)
         time.sleep(0.3)
         sent = time.monotonic()
@@ -301,14 +304,14 @@ def test_a_prefect_server_that_comes_back_is_waited_for_and_one_that_stays_down_
         created = subprocess.run(create, env=base, capture_output=True, text=True, timeout=60, check=False)
         assert created.returncode == 0, created.stdout + created.stderr
         out = tmp_path / "out"
-        for folder in ("stage2",):
+        for folder in ("stage2", "model", "models"):  # a day's training, with a champion to keep
             shutil.copytree(sample_run["out"] / folder, out / folder)
-        command = [*STOCKPIPE, "train", "--out", str(out)]
+        command = [*STOCKPIPE, "train", "--out", str(out), *LONG_FIT]
 
         # Back 3 s later: the run goes on and completes.
         terminal = Terminal(command, base)
         try:
-            terminal.wait_for("Ray Train workers", timeout=120)
+            terminal.wait_for("train: one Ray task", timeout=120)
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
             time.sleep(3)
@@ -321,7 +324,7 @@ def test_a_prefect_server_that_comes_back_is_waited_for_and_one_that_stays_down_
         # Gone for good: one line, exit status 75, once the wait (10 s here) is over.
         terminal = Terminal([*command, "--force"], base)
         try:
-            terminal.wait_for("Ray Train workers", timeout=120)
+            terminal.wait_for("train: one Ray task", timeout=120)
             run_id = httpx.post(f"{base['PREFECT_API_URL']}/flow_runs/filter", json={"limit": 1,
                                 "sort": "START_TIME_DESC"}).json()[0]["id"]  # fmt: skip
             # The run's first heartbeat (sent as it starts) is in the server before it goes, or

@@ -367,7 +367,9 @@ def test_cancelling_a_deployment_run_ends_its_stage_cancelled_and_the_next_run_r
     env, log = deployment_runs["env"], deployment_runs["worker_log"]
     prefect = str(BIN / "prefect")
     out = tmp_path / "out"
-    submit = [prefect, "deployment", "run", "stock-pipeline/sample", "--param", f"out={out}"]
+    # 2000 rounds: a fit of several seconds on the sample, so that the cancel lands in it.
+    submit = [prefect, "deployment", "run", "stock-pipeline/sample", "--param", f"out={out}",
+              "--param", "train_rounds=2000"]  # fmt: skip
     before = log.read_text()
     cancelled = flow_run_id(run(submit, env).stdout)
     deadline = time.monotonic() + 180

@@ -47,13 +47,20 @@ def test_metrics_are_complete_and_consistent(sample_run: dict[str, Any]) -> None
         assert set(block) == {"mae", "rmse", "r2", "mape_pct"} and all(np.isfinite(list(block.values())))
     assert "random_split" not in metrics  # one fit unless the comparison is asked for
     timing = metrics["timing"]
-    assert 0 < timing["ray_train_start_seconds"] < timing["ray_train_fit_seconds"]
-    assert 0 <= timing["ray_train_stop_seconds"] < timing["ray_train_fit_seconds"]
+    assert 0 < timing["start_seconds"] < timing["fit_seconds"]
+    assert 0 <= timing["stop_seconds"] < timing["fit_seconds"]
+    assert set(timing["phases"]) == {"read", "dmatrix", "boosting", "predict", "champion", "folds", "write"}
+    assert sum(timing["phases"].values()) < timing["fit_seconds"]
+    # One node, no GPU: one Ray task holding the node's two CPUs, not Ray Train's distributed start.
     assert metrics["engine"] == {
-        "trainer": "ray.train.xgboost.XGBoostTrainer",
-        "workers": 2,
+        "trainer": "ray task",
+        "layout": "single",
+        "why": "one node: a distributed start would cost more than it saves",
+        "workers": 1,
+        "resources_per_worker": {"CPU": 2.0},
         "device": "cpu",
         "xgboost_device": "cpu",
+        "data_on": "host",
     }
     assert sample_run["result"].train.to_json() == metrics  # metrics.json is the typed result
 
@@ -78,3 +85,32 @@ def test_saved_model_reproduces_the_evaluated_predictions(sample_run: dict[str, 
     again = ErrorSums.of(test["Volume"].to_numpy(), predicted).metrics()
     assert again == pytest.approx(metrics["time_split"]["model"], rel=1e-9)
     assert (predicted >= 0).all()
+
+
+def test_ray_train_workers_make_the_same_model_on_the_same_rows(
+    sample_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """The distributed layout, forced on the sample's stage 2: two Ray Train workers, each with its
+    share of the parts, agree on the cutoff and train one model with XGBoost's collective. The
+    merged holdout is the same rows, and the model's MAE is within 1% of the single task's."""
+    from compute.stage import run
+    from compute.stages import Train
+
+    (tmp_path / "stage2").symlink_to(sample_run["out"] / "stage2")
+    single = json.loads((sample_run["out"] / "model" / "metrics.json").read_text())
+    settings = Settings(out=str(tmp_path), train_layout="distributed", force=True)
+    distributed = run(Train(settings, progress=lambda _line: None))
+    engine = distributed.engine
+    assert (engine.trainer, engine.layout, engine.workers) == (
+        "ray.train.xgboost.XGBoostTrainer",
+        "distributed",
+        2,
+    )
+    assert (engine.why, engine.resources_per_worker) == ("train_layout is distributed", {"CPU": 1.0})
+    split = distributed.time_split
+    assert (split.cutoff, split.train_rows, split.test_rows) == tuple(
+        single["time_split"][k] for k in ("cutoff", "train_rows", "test_rows")
+    )
+    assert split.baseline.mae == pytest.approx(single["time_split"]["baseline"]["mae"], rel=1e-12)
+    assert split.model.mae == pytest.approx(single["time_split"]["model"]["mae"], rel=0.01)
+    assert distributed.timing.start_seconds > 0 and not leftovers(tmp_path)

@@ -11,7 +11,7 @@ import pytest
 
 from compute import model as contract
 from compute.metrics import ErrorSums, merge_all
-from compute.stages.train.split import fold_years, holdout_cutoff, rows_per_day, shared_cutoff
+from compute.stages.train.split import cutoff_date, fold_years, rows_per_day
 
 ACTUAL = np.array([100.0, 200.0, 0.0, 400.0])
 PREDICTED = np.array([110.0, 180.0, 10.0, 400.0])
@@ -43,14 +43,32 @@ def test_empty_metrics_are_nan_not_an_error() -> None:
     assert all(math.isnan(v) for v in ErrorSums().metrics().values())
 
 
+def holdout_cutoff(dates: dict[str, int], holdout_fraction: float) -> str:
+    """The reference: the first date at which the rows counted so far, in date order, are more
+    than the training share."""
+    total, seen = sum(dates.values()), 0
+    for day in sorted(dates):
+        seen += dates[day]
+        if seen > (1 - holdout_fraction) * total:
+            return day
+    return max(dates)
+
+
+def cutoff_of(dates: np.ndarray, fraction: float, reduce: object = None) -> str:
+    """What a worker runs: rows per day across workers, then the cutoff date."""
+    first, per_day = rows_per_day(dates, reduce) if reduce else rows_per_day(dates)  # type: ignore[arg-type]
+    return cutoff_date(first, per_day, fraction)
+
+
 def test_holdout_cutoff_holds_out_the_latest_rows() -> None:
-    dates = {"2020-01-01": 50, "2020-01-02": 30, "2020-01-03": 10, "2020-01-04": 10}
-    assert holdout_cutoff(dates, 0.2) == "2020-01-03"  # 80 rows before it, 20 on or after
-    assert holdout_cutoff(dates, 0.5) == "2020-01-02"
+    days = np.repeat(np.array(["2020-01-01", "2020-01-02", "2020-01-03", "2020-01-04"], "datetime64[D]"),
+                     [50, 30, 10, 10])  # fmt: skip
+    assert cutoff_of(days, 0.2) == "2020-01-03"  # 80 rows before it, 20 on or after
+    assert cutoff_of(days, 0.5) == "2020-01-02"
 
 
 def cutoffs_across_workers(shards: list[np.ndarray], fraction: float) -> list[str]:
-    """`shared_cutoff` on one thread per worker, each with its own rows, combined in lockstep as
+    """The workers' cutoff on one thread per worker, each with its own rows, combined in lockstep as
     XGBoost's collective.allreduce combines them."""
     barrier, slots = threading.Barrier(len(shards)), [np.zeros(0)] * len(shards)
 
@@ -62,7 +80,7 @@ def cutoffs_across_workers(shards: list[np.ndarray], fraction: float) -> list[st
             barrier.wait()
             return combined
 
-        return shared_cutoff(shards[rank], fraction, allreduce)
+        return cutoff_of(shards[rank], fraction, allreduce)
 
     with ThreadPoolExecutor(len(shards)) as pool:
         return list(pool.map(worker, range(len(shards))))
@@ -81,7 +99,7 @@ def test_workers_agree_on_the_cutoff_that_all_rows_give() -> None:
     for fraction in (0.05, 0.2, 0.5, 0.9):
         expected = holdout_cutoff(per_date, fraction)
         assert cutoffs_across_workers(shards, fraction) == [expected] * len(shards)
-        assert shared_cutoff(days, fraction) == expected  # one process, all rows
+        assert cutoff_of(days, fraction) == expected  # one process, all rows
 
 
 def test_target_transform_round_trips_and_never_goes_negative() -> None:

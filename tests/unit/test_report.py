@@ -84,7 +84,7 @@ def test_the_training_artifact_carries_its_plots_inline() -> None:
         engine=Engine(trainer="ray.train.xgboost.XGBoostTrainer", workers=2, device="cpu"),
         params={},
         rounds=40,
-        timing=Timing(ray_train_fit_seconds=1.0, boosting_seconds=0.5, load_seconds=0.1),
+        timing=Timing(fit_seconds=1.0, boosting_seconds=0.5, load_seconds=0.1),
         fingerprint="f",
         gate=Gate(
             rows=20, champion=None, champion_metrics=None, tolerance_pct=0.0, promote=True, reason="test"

@@ -1,6 +1,7 @@
-"""Ray Train's XGBoostTrainer, run from the driver: every worker runs worker.train_loop_per_worker
-on its share of the stage-2 parts and writes its results into `work` (shared storage whenever the
-output is), which this reads back, typed.
+"""The fit, run from the driver in the layout chosen (params.py): one Ray task running
+worker.train_alone on one node, or Ray Train's XGBoostTrainer with every worker running
+worker.train_loop_per_worker on its share of the stage-2 parts. Either way the workers write their
+results into `work` (shared storage whenever the output is), which this reads back, typed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from compute import stop, storage
 from compute.layout import MODEL_FILE
 from compute.settings import Settings
 from compute.stages.train import worker
+from compute.stages.train.params import Layout
 from compute.stages.train.results import WorkerResult
 
 # Ray Train's own settings, read from the driver's environment and passed on to its controller:
@@ -44,50 +48,32 @@ def fit(
     parts: list[str],
     settings: Settings,
     xgb_params: dict[str, Any],
-    layout: tuple[int, dict[str, float]],
-    device: str,
+    layout: Layout,
     work: str,
     champion: tuple[bytes, dict[str, Any]] | None = None,
     reference_bins: dict[str, Any] | None = None,
 ) -> Fitted:
-    """Train across `layout` (workers, resources per worker); `work` is scratch space. Each worker
-    also scores `champion` (model.bin and its card), when given, on its test rows, and counts its
-    rows over `reference_bins` (the champion's card's) for the drift report."""
-    from ray.train import RunConfig, ScalingConfig  # about 2 s to import
-    from ray.train.xgboost import XGBoostTrainer
-
-    for name, value in RAY_TRAIN_ENVIRONMENT.items():
-        os.environ.setdefault(name, value)
-    workers, per_worker = layout
+    """Train in `layout`; `work` is scratch space. Each worker also scores `champion` (model.bin
+    and its card), when given, on its test rows, and counts its rows over `reference_bins` (the
+    champion's card's) for the drift report."""
     storage.make_dirs(work)
-    fs, work_path = storage.resolve(work)
-    trainer = XGBoostTrainer(
-        worker.train_loop_per_worker,
-        train_loop_config={
-            "parts": parts,
-            "params": xgb_params,
-            "rounds": settings.train_rounds,
-            "holdout_fraction": settings.holdout_fraction,
-            "seed": settings.seed,
-            "compare_random": settings.train_compare_random_split,
-            "work_dir": work,
-            "champion": champion,
-            "reference_bins": reference_bins,
-            "backtest_folds": settings.train_backtest_folds,
-        },
-        scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=device == "cuda", resources_per_worker=per_worker
-        ),
-        run_config=RunConfig(
-            name=f"stockpipe-train-{uuid.uuid4().hex[:8]}",
-            storage_path=work_path,
-            storage_filesystem=None if storage.is_local(work) else fs,
-        ),
-    )
+    config = {
+        "parts": parts,
+        "params": xgb_params,
+        "rounds": settings.train_rounds,
+        "holdout_fraction": settings.holdout_fraction,
+        "seed": settings.seed,
+        "compare_random": settings.train_compare_random_split,
+        "work_dir": work,
+        "champion": champion,
+        "reference_bins": reference_bins,
+        "backtest_folds": settings.train_backtest_folds,
+    }
     started, began = time.perf_counter(), time.time()
-    # On a thread of its own, which a stop does not wait for (compute/stop.py); off the main thread
-    # Ray Train also leaves the process's Ctrl-C handler alone, which it would replace for good.
-    stop.wait(trainer.fit, name="ray-train-fit")
+    if layout.kind == "single":
+        _run_task(config, layout)
+    else:
+        _run_ray_train(config, layout, work)
     seconds, ended = time.perf_counter() - started, time.time()
     results = [
         WorkerResult.model_validate_json(storage.read_bytes(storage.join(work, name)))
@@ -101,6 +87,57 @@ def fit(
         began=began,
         ended=ended,
     )
+
+
+def _run_task(config: dict[str, Any], layout: Layout) -> None:
+    """One Ray task holding its node's CPUs (and a GPU): it shows on the dashboard as `train`.
+    Its own worker process, started with OMP_NUM_THREADS at its CPUs, so that XGBoost's OpenMP
+    and Arrow use them all (a worker reused from a one-CPU task would keep one thread). Pinned to
+    its node and not retried by Ray: a lost node fails the stage, which Prefect retries
+    (compute/errors.py) on the nodes left."""
+    remote = ray.remote(worker.train_alone).options(
+        name="train",
+        num_cpus=layout.resources.get("CPU", 1),
+        num_gpus=layout.resources.get("GPU", 0),
+        max_retries=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(layout.node, soft=False) if layout.node else None,
+        # runtime_env={"env_vars": {"OMP_NUM_THREADS": str(layout.threads)}},
+    )
+    ref = remote.remote(config)
+    try:
+        while not ray.wait([ref], timeout=stop.POLL_SECONDS)[0]:
+            stop.checkpoint()
+        stop.checkpoint()
+        ray.get(ref)
+    except stop.Stopped:
+        ray.cancel(ref, force=True)
+        raise
+
+
+def _run_ray_train(config: dict[str, Any], layout: Layout, work: str) -> None:
+    from ray.train import RunConfig, ScalingConfig  # about 2 s to import
+    from ray.train.xgboost import XGBoostTrainer
+
+    for name, value in RAY_TRAIN_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    fs, work_path = storage.resolve(work)
+    trainer = XGBoostTrainer(
+        worker.train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(
+            num_workers=layout.workers,
+            use_gpu=bool(layout.resources.get("GPU")),
+            resources_per_worker=layout.resources,
+        ),
+        run_config=RunConfig(
+            name=f"stockpipe-train-{uuid.uuid4().hex[:8]}",
+            storage_path=work_path,
+            storage_filesystem=None if storage.is_local(work) else fs,
+        ),
+    )
+    # On a thread of its own, which a stop does not wait for (compute/stop.py); off the main thread
+    # Ray Train also leaves the process's Ctrl-C handler alone, which it would replace for good.
+    stop.wait(trainer.fit, name="ray-train-fit")
 
 
 def _names(folder: str, prefix: str) -> list[str]:

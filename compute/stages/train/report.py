@@ -115,8 +115,7 @@ def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
         *[f"| {n} | {m.mae:,.0f} | {m.rmse:,.0f} | {m.r2:.4f} | {m.mape_pct:.1f} |" for n, m in rows],
         "",
         f"MAE vs baseline: {split.mae_improvement_pct:+.2f}% better. "
-        f"{metrics.engine.workers} workers on {metrics.engine.device}, "
-        f"fit {metrics.timing.ray_train_fit_seconds:.1f} s.",
+        f"{_engine(metrics)}, fit {metrics.timing.fit_seconds:.1f} s.",
         "",
         f"**Gate:** {'promoted' if gate.promote else 'kept out'}: {gate.reason}.",
         "",
@@ -144,3 +143,10 @@ def training_markdown(metrics: TrainMetrics, plots: dict[str, bytes]) -> str:
             "",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _engine(metrics: TrainMetrics) -> str:
+    engine = metrics.engine
+    if engine.layout == "single":
+        return f"One Ray task on {engine.device} ({engine.why})"
+    return f"{engine.workers} Ray Train workers on {engine.device} ({engine.why})"

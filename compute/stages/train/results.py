@@ -42,6 +42,10 @@ class WorkerResult(BaseModel):
     began: float  # wall clock when its function started (Ray Train's start-up is before it)
     ended: float  # wall clock when it was done (Ray Train's shutdown is after it)
     load_seconds: float
+    # seconds: read, dmatrix, boosting, predict, champion, folds, profiles, write
+    phases: dict[str, float] = {}
+    data_on: str = "host"  # where XGBoost's input was: "gpu" (CuPy arrays) or "host" (numpy)
+    peak_mib: int = 0  # its process's peak resident memory
     cutoff: str  # the time split's first test date, the same on every worker
     read: int  # rows in its stage-2 parts
     rows: int  # of them, rows with both features
@@ -83,20 +87,32 @@ class TrainRows(BaseModel):
 
 
 class Engine(BaseModel):
-    trainer: str
+    """How the model was trained (compute/stages/train/params.py chose the layout)."""
+
+    trainer: str  # "ray task" (the single layout) or "ray.train.xgboost.XGBoostTrainer"
+    layout: str = "distributed"  # "single" or "distributed"
+    why: str = ""  # why that layout
     workers: int
+    resources_per_worker: dict[str, float] = {}
     device: str  # the one asked of XGBoost
     xgboost_device: str | None = None  # the one it used, as the first worker's booster reports it
+    data_on: str = "host"  # where XGBoost's input was: "gpu" (CuPy arrays) or "host" (numpy)
 
 
 class Timing(BaseModel):
-    ray_train_fit_seconds: float
-    boosting_seconds: float
+    """Seconds. The fit is the whole call from the driver: the workers' start (Ray Train's or
+    the task's: scheduling, a process, imports), their work, and their stop. `phases` splits the
+    work of the slowest worker; each phase is that worker's."""
+
+    fit_seconds: float
+    start_seconds: float = 0.0
+    stop_seconds: float = 0.0
     load_seconds: float
-    ray_train_start_seconds: float = 0.0
-    ray_train_stop_seconds: float = 0.0
+    boosting_seconds: float
     backtest_seconds: float = 0.0  # boosting the walk-forward folds
+    phases: dict[str, float] = {}
     stage_seconds: float = 0.0
+    worker_peak_mib: int = 0  # the largest peak resident memory of a worker's process
 
 
 class Gate(BaseModel):

@@ -29,12 +29,6 @@ def cutoff_index(rows_per_date: np.ndarray, holdout_fraction: float) -> int:
     return min(int(np.searchsorted(cumulative, train_rows, side="right")), len(cumulative) - 1)
 
 
-def holdout_cutoff(dates: dict[str, int], holdout_fraction: float) -> str:
-    """The first test date, given rows per date ("YYYY-MM-DD": rows)."""
-    ordered = sorted(dates)
-    return ordered[cutoff_index(np.array([dates[d] for d in ordered]), holdout_fraction)]
-
-
 def rows_per_day(dates: np.ndarray, reduce: Reduce = alone) -> tuple[int, np.ndarray]:
     """Every worker's rows per day (`dates`: this worker's, one datetime64[D] per row): the first
     day (days since 1970) and the count for each day from it on. The day range first, then the
@@ -49,9 +43,8 @@ def rows_per_day(dates: np.ndarray, reduce: Reduce = alone) -> tuple[int, np.nda
     return first, reduce(per_day, "SUM")
 
 
-def shared_cutoff(dates: np.ndarray, holdout_fraction: float, reduce: Reduce = alone) -> str:
-    """The first test date over every worker's rows, by the rule of `cutoff_index`."""
-    first, per_day = rows_per_day(dates, reduce)
+def cutoff_date(first: int, per_day: np.ndarray, holdout_fraction: float) -> str:
+    """The first test date ("YYYY-MM-DD"), from every worker's rows per day (`rows_per_day`)."""
     return str(np.datetime64(first + cutoff_index(per_day, holdout_fraction), "D"))
 
 

@@ -55,6 +55,7 @@ def summarise(
         return [min(d[0] for d in dates), max(d[1] for d in dates)] if dates else None
 
     timed = [r.time for r in results]
+    slowest = max(results, key=lambda r: r.ended - r.began)
     model, baseline = merged(timed, "model"), merged(timed, "baseline")
     random_split = None
     randoms = [r.random for r in results if r.random]
@@ -98,14 +99,16 @@ def summarise(
         rounds=settings.train_rounds,
         random_split=random_split,
         timing=Timing(
-            ray_train_fit_seconds=round(fitted.seconds, 3),
-            boosting_seconds=round(max(o.seconds for o in timed), 3),
+            fit_seconds=round(fitted.seconds, 3),
+            # Ray's own time: starting the workers (Ray Train's controller and workers, or the
+            # task's process), and after the last worker is done, stopping them.
+            start_seconds=round(min(r.began for r in results) - fitted.began, 3),
+            stop_seconds=round(fitted.ended - max(r.ended for r in results), 3),
             load_seconds=round(max(r.load_seconds for r in results), 3),
-            # Ray Train's own time: starting its controller and workers, and after the last worker
-            # is done, stopping them.
-            ray_train_start_seconds=round(min(r.began for r in results) - fitted.began, 3),
-            ray_train_stop_seconds=round(fitted.ended - max(r.ended for r in results), 3),
+            boosting_seconds=round(max(o.seconds for o in timed), 3),
             backtest_seconds=round(max(sum(f.outcome.seconds for f in r.backtest) for r in results), 3),
+            phases=slowest.phases,
+            worker_peak_mib=max(r.peak_mib for r in results),
         ),
         fingerprint=fingerprint,
         drift=drift_report(results, reference, champion),
@@ -204,12 +207,13 @@ def training_log(history: History) -> str:
 def model_card(
     metrics: TrainMetrics,
     fitted: Fitted,
-    stage2_parts: list[str],
+    stage2_hash: str,
     stage2: str,
     code: str,
 ) -> ModelCard:
-    """model.json, less model.bin's SHA-256 (compute.model.write adds it); `stage2` and `code` are
-    the fingerprints of the stage 2 and the code it was trained with."""
+    """model.json, less model.bin's SHA-256 (compute.model.write adds it); `stage2_hash` is
+    `data_hash` of its parts, `stage2` and `code` the fingerprints of the stage 2 and the code it
+    was trained with."""
     bins, symbols = data_profile(fitted)
     return ModelCard(
         feature_bins=bins,
@@ -227,7 +231,7 @@ def model_card(
         objective=str(metrics.params["objective"]),
         training_window=metrics.time_split.train_dates,
         holdout_cutoff=metrics.time_split.cutoff,
-        data_hash=data_hash(stage2_parts),
+        data_hash=stage2_hash,
         metrics=HoldoutMetrics(time_split=metrics.time_split.model, baseline=metrics.time_split.baseline),
         versions={
             "xgboost": xgb.__version__,
