@@ -4,11 +4,13 @@
 # as it comes (so that a timeout still brings back what was done). Each step has its own timeout;
 # the first that fails ends the run, so that a second try still fits in the time left.
 #
-#   SITE_SHA256=... bash bench/gpu-host.sh     # SCALE (250) and STEPS (all) change what runs
+#   SITE_SHA256=... bash bench/gpu-host.sh     # SCALE (250) and STEPS ("bench folds distributed")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-out}
 SCALE=${SCALE:-250}
+STEPS=${STEPS:-bench folds distributed}
+wanted() { [[ " $STEPS " == *" $1 "* ]]; }
 mkdir -p "$OUT"
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 log() { echo "[gpu-host $(date +%T)] $*" | tee -a "$OUT/steps.log"; }
@@ -38,11 +40,11 @@ print('xgboost', xgb.__version__, 'cuda', xgb.build_info().get('USE_CUDA'), 'cup
 "
 data=/tmp/bench-x$SCALE
 # The check and the timings on the sample x SCALE: both devices, the stage beside the plain script.
-step bench 300 python3 -m bench.gpu --scale "$SCALE" --out "$data" --devices cuda,cpu --repeat 2 \
+wanted bench && step bench 300 python3 -m bench.gpu --scale "$SCALE" --out "$data" --devices cuda,cpu --repeat 2 \
   --json "$OUT/bench.json"
 # The daily deployment's 4 backtest folds on the GPU, on the same stage 2.
-step folds 150 python3 -m bench.train --out "$data" --devices cuda --folds 4 --repeat 1 --json "$OUT/folds.json"
+wanted folds && step folds 150 python3 -m bench.train --out "$data" --devices cuda --folds 4 --repeat 1 --json "$OUT/folds.json"
 # Ray Train's distributed layout forced on the one GPU: what the single layout saves.
-step distributed 150 python3 -m bench.train --out "$data" --devices cuda --layouts distributed --repeat 1 \
+wanted distributed && step distributed 150 python3 -m bench.train --out "$data" --devices cuda --layouts distributed --repeat 1 \
   --no-plain --json "$OUT/distributed.json"
 log "done"

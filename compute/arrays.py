@@ -23,6 +23,14 @@ def module_for(device: str) -> ModuleType:
     return np
 
 
+def warm(device: str) -> None:
+    """Import CuPy and make the GPU's context now (about a second in a fresh process), so that a
+    worker does it while it reads rather than after."""
+    xp = module_for(device)
+    if xp is not np:
+        xp.zeros(1)
+
+
 def module_of(array: Any) -> ModuleType:
     """The module of an array: CuPy for one in a GPU's memory, else numpy."""
     if type(array).__module__.startswith("cupy"):

@@ -157,7 +157,7 @@ class Rows:
 @dataclass
 class Fit:
     booster: xgb.Booster
-    predicted: np.ndarray  # on the test rows, on the host
+    predicted: Any  # on the test rows, where the rows are (numpy, or CuPy on a GPU)
     outcome: FitOutcome
 
 
@@ -205,14 +205,15 @@ def fit_split(
         seconds = time.perf_counter() - started
     del dtrain, dtest
     with phases.timed("predict"):
-        predicted = arrays.to_host(contract.to_volume(booster.inplace_predict(x[on_test]), m[on_test]))
-        volume, baseline = shard.volume[test], shard.x[test, 0]
+        # Predicted and summed where the rows are (on a GPU: only the sums come back).
+        predicted = contract.to_volume(booster.inplace_predict(x[on_test]), m[on_test])
+        volume = rows.volume[on_test]
         outcome = FitOutcome(
             history=history,
             seconds=seconds,
             device=booster_device(booster),
             model=ErrorSums.of(volume, predicted),
-            baseline=ErrorSums.of(volume, baseline),
+            baseline=ErrorSums.of(volume, m[on_test]),
             train_rows=int(train.sum()),
             test_rows=int(test.sum()),
         )
@@ -258,10 +259,13 @@ def train_shard(config: dict[str, Any], rank: int, size: int, reduce: split.Redu
     threads = int(params.get("nthread") or os.cpu_count() or 1)
     pa.set_cpu_count(threads)  # Arrow sized its pool from OMP_NUM_THREADS, which Ray may have set to 1
     phases = Phases()
+    # CuPy's import and the GPU's context while the parts are read (nothing on the CPU).
+    warming = ThreadPoolExecutor(1).submit(arrays.warm, str(params["device"]))
     reference = {c: drift.Bins.model_validate(b) for c, b in (config.get("reference_bins") or {}).items()}
     random_fraction = config["holdout_fraction"] if config["compare_random"] else None
     with phases.timed("read"):
         shard = load_shard(config["parts"][rank::size], random_fraction, config["seed"], threads, reference)
+        warming.result()
         rows = Rows.of(shard, str(params["device"]))
 
     first, per_day = split.rows_per_day(shard.date, reduce)
@@ -272,7 +276,7 @@ def train_shard(config: dict[str, Any], rank: int, size: int, reduce: split.Redu
     if shard.random_test is not None:
         rand = fit_split(params, rounds, shard, rows, shard.random_test, None, reduce, phases)
     with phases.timed("champion"):
-        champion = score_champion(config.get("champion"), shard, rows, test)
+        champion = score_champion(config.get("champion"), rows, test)
     years = split.fold_years(first, per_day, config.get("backtest_folds", 0))
     folds_phases = Phases()
     with phases.timed("folds"):
@@ -286,7 +290,7 @@ def train_shard(config: dict[str, Any], rank: int, size: int, reduce: split.Redu
         np.savez(
             sample,
             actual=shard.volume[test][pick],
-            predicted=timed.predicted[pick],
+            predicted=arrays.to_host(timed.predicted[rows.xp.asarray(pick)]),
             baseline=shard.x[test][pick, 0],
         )
         storage.write_bytes(sample.getvalue(), storage.join(work, f"sample-{rank}.npz"))
@@ -318,7 +322,7 @@ def train_shard(config: dict[str, Any], rank: int, size: int, reduce: split.Redu
 
 
 def score_champion(
-    champion: tuple[bytes, dict[str, Any]] | None, shard: Shard, rows: Rows, test: np.ndarray
+    champion: tuple[bytes, dict[str, Any]] | None, rows: Rows, test: np.ndarray
 ) -> ErrorSums | None:
     """The champion (its model.bin and card) on this worker's test rows, applying its own recorded
     target transform: the gate compares it with the new model on exactly these rows."""
@@ -328,9 +332,9 @@ def score_champion(
     booster = contract.booster(model)
     if rows.xp is not np:  # predict where the rows are (a CPU booster would copy them back)
         booster.set_param({"device": "cuda"})
-    features = rows.x[rows.xp.asarray(test)]
-    predicted = contract.predict_volume(booster, contract.ModelCard.model_validate(card), features)
-    return ErrorSums.of(shard.volume[test], arrays.to_host(predicted))
+    on_test = rows.xp.asarray(test)
+    predicted = contract.predict_volume(booster, contract.ModelCard.model_validate(card), rows.x[on_test])
+    return ErrorSums.of(rows.volume[on_test], predicted)
 
 
 def _span(dates: np.ndarray) -> list[str] | None:
