@@ -8,8 +8,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from compute import arrays
-
 
 class Metrics(BaseModel):
     """MAE, RMSE, R² and MAPE of one model on one set of rows (in the model card, metrics.json and
@@ -36,20 +34,18 @@ class ErrorSums:
 
     @classmethod
     def of(cls, actual: np.ndarray, predicted: np.ndarray) -> ErrorSums:
-        """The sums over numpy arrays, or CuPy arrays on a GPU (summed there)."""
-        xp = arrays.module_of(actual)
-        y = xp.asarray(actual, dtype=xp.float64)
-        err = y - xp.asarray(predicted, dtype=xp.float64)
+        y = np.asarray(actual, dtype=np.float64)
+        err = y - np.asarray(predicted, dtype=np.float64)
         nonzero = y != 0
         n = len(y)
         mean = float(y.mean()) if n else 0.0
         return cls(
             n=n,
-            abs_err=float(xp.abs(err).sum()),
+            abs_err=float(np.abs(err).sum()),
             sq_err=float((err**2).sum()),
             y_mean=mean,
             y_m2=float(((y - mean) ** 2).sum()),
-            ape=float((xp.abs(err[nonzero]) / xp.abs(y[nonzero])).sum()),
+            ape=float((np.abs(err[nonzero]) / np.abs(y[nonzero])).sum()),
             n_nonzero=int(nonzero.sum()),
         )
 
