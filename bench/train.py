@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from compute import stop
 from compute.settings import get_settings
 from compute.stage import run
 from compute.stages import Features, Ingest, Train
@@ -140,8 +141,8 @@ def once(out: str, device: str, layout: str, folds: int, rounds: int | None) -> 
             began = time.perf_counter()
             metrics = run(Train(settings, progress=lambda _line: None))
             total = time.perf_counter() - began
-    except ValueError as refused:
-        return {"what": what, "asked": device, "refused": str(refused)}
+    except stop.Stopped as refused:  # the stage refused: CUDA where Ray sees no GPU
+        return {"what": what, "asked": device, "refused": refused.reason}
     finally:
         if started_here:
             ray.shutdown()

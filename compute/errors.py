@@ -13,6 +13,17 @@ import errno
 
 import ray.exceptions as rex
 
+
+class Refused(ValueError):
+    """A stage cannot do what it was asked, with these settings or this input, and says why in one
+    line (and what to do next, `then`): the same run would be refused again. The stage protocol
+    turns it into a stop that fails the run with that line, exit status 1 (compute/stage.py)."""
+
+    def __init__(self, reason: str, then: str = "fix that, then run again") -> None:
+        super().__init__(reason)
+        self.then = then
+
+
 # Ray's errors for work that was lost, not work that failed.
 _LOST = (
     rex.WorkerCrashedError,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -33,6 +33,16 @@ MAX_PREVIOUS = 50  # former champions a rollback can go back through
 
 class RegistryError(ValueError):
     """A promotion or rollback that cannot be done; the message says why, in one line."""
+
+
+class RegistryDamaged(RegistryError):
+    """history.json or champion.json is there but cannot be read. Nothing writes over it: it is
+    the record of every change of champion, which a new file would lose."""
+
+    then = "repair it, or move it aside to start a new record, then run again"
+
+    def __init__(self, location: str, problem: str) -> None:
+        super().__init__(f"{location} cannot be read ({problem}); it is left as it is")
 
 
 class Champion(BaseModel):
@@ -90,19 +100,37 @@ def read_version(layout: Layout, version: str) -> tuple[bytes, contract.ModelCar
 
 
 def champion(layout: Layout) -> Champion | None:
-    found = storage.read_json(storage.join(publish.data_dir(layout.model), CHAMPION_FILE))
-    try:
-        return Champion.model_validate(found) if found else None
-    except ValidationError:
-        return None
+    """The champion's record, None when there is no champion; RegistryDamaged when it is unreadable."""
+    return _read(storage.join(publish.data_dir(layout.model), CHAMPION_FILE), Champion)
 
 
 def history(layout: Layout) -> list[Change]:
-    found = storage.read_json(layout.history)
+    """Every change of champion, oldest first; RegistryDamaged when the file is unreadable."""
+    found = _read(layout.history, History)
+    return found.changes if found else []
+
+
+def check(layout: Layout) -> None:
+    """Refuse (RegistryDamaged) before any work when the history or the champion's record cannot
+    be read."""
+    history(layout)
+    champion(layout)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _read(location: str, kind: type[M]) -> M | None:
     try:
-        return History.model_validate(found).changes if found else []
-    except ValidationError:
-        return []
+        text = storage.read_bytes(location)
+    except FileNotFoundError:
+        return None
+    try:
+        return kind.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise RegistryDamaged(location, f"{where}: {first['msg']}" if where else first["msg"]) from None
 
 
 def record(layout: Layout, change: Change) -> None:
@@ -112,7 +140,9 @@ def record(layout: Layout, change: Change) -> None:
 
 
 def promote(layout: Layout, version: str, why: Why, detail: str = "") -> Champion:
-    """Make `version` the champion: model/ becomes its files, whole; then the history says so."""
+    """Make `version` the champion: model/ becomes its files, whole; then the history says so.
+    Nothing is written when the history or the champion's record cannot be read."""
+    check(layout)
     model, card = read_version(layout, version)  # refuses files whose SHA-256 does not match
     source = publish.data_dir(layout.version(version))
     metrics = storage.read_bytes(storage.join(source, METRICS_FILE))
@@ -148,6 +178,7 @@ def promote(layout: Layout, version: str, why: Why, detail: str = "") -> Champio
 
 def rollback(layout: Layout) -> Champion:
     """Return to the champion before the current one."""
+    check(layout)
     current = champion(layout)
     if current is None:
         raise RegistryError(f"no champion in {layout.model}: nothing to roll back")

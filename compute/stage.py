@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compute import cluster, lock, publish, stop, storage
 from compute.cluster import Progress
-from compute.errors import is_out_of_space, store_failure
+from compute.errors import Refused, is_out_of_space, store_failure
 from compute.layout import Layout
 from compute.publish import Manifest, Part, Staging
 from compute.settings import Settings
@@ -162,12 +162,16 @@ def unchanged_parts(previous: Manifest | None, inputs: dict[str, str]) -> dict[s
 def run(stage: Stage[P, R]) -> R:
     """Plan, reuse or build, publish and report one stage; return its typed result. The stage holds
     its output's lock throughout (a flow run holds it already for all its stages). A stop
-    (compute/stop.py) can cut its build short; it leaves the published outputs as they were."""
+    (compute/stop.py) can cut its build short; it leaves the published outputs as they were. A
+    stage that refuses (compute/errors.py: Refused) stops the run with its one line."""
     stop.checkpoint()
     stop.running = stage.name
     try:
         with lock.hold(stage.settings.out, wait=stage.settings.wait, say=stage.progress):
-            return _run(stage)
+            try:
+                return _run(stage)
+            except Refused as refused:
+                raise stop.Stopped(str(refused), code=1, outcome="failed", then=refused.then) from None
     except stop.Stopped as stopped:
         stopped.stage = stopped.stage or stage.name
         raise

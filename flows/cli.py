@@ -125,7 +125,10 @@ def _models(_args: argparse.Namespace, layout: Layout) -> int:
     from compute import model as contract
     from compute import registry
 
-    current = registry.champion(layout)
+    try:
+        current, changes = registry.champion(layout), registry.history(layout)
+    except registry.RegistryDamaged as exc:
+        return _fail(f"{exc}; {exc.then}", code=1)
     print(f"{'version':22} {'trained (UTC)':20} {'rows (train / test)':>22} {'holdout MAE':>12} "
           f"{'R²':>7} {'vs baseline':>12}")  # fmt: skip
     for version in registry.versions(layout):
@@ -142,7 +145,7 @@ def _models(_args: argparse.Namespace, layout: Layout) -> int:
               f"{model.mae:12,.0f} {model.r2:7.3f} {better:>12}{mark}")  # fmt: skip
     if current is None:
         print("no champion: nothing is served (`stockpipe promote VERSION` makes one the champion)")
-    for change in registry.history(layout)[-5:]:
+    for change in changes[-5:]:
         outcome = f"{change.before or 'none'} -> {change.after}" if change.before != change.after else "kept"
         print(f"  {change.when} {change.why:8} {change.version}: {outcome}; {change.detail}")
     return 0
@@ -172,11 +175,13 @@ def _change_champion(args: argparse.Namespace, layout: Layout, change: Callable[
     from compute.model import MODEL_NAME
 
     settings = get_settings(wait=False if args.no_wait else None)
-    before = registry.champion(layout)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     try:
         with lock.hold(layout.root, wait=settings.wait, say=say):
+            before = registry.champion(layout)
             chosen = change()
+    except registry.RegistryDamaged as exc:
+        return _fail(f"{exc}; {exc.then}", code=1)
     except registry.RegistryError as exc:
         return _fail(str(exc))
     except lock.OutputBusy as exc:
@@ -394,9 +399,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str) -> int:
+def _fail(message: str, code: int = 2) -> int:
+    """One line and an exit status: 2 for bad arguments (the default), 1 for what cannot be done."""
     print(f"stockpipe: error: {message}", file=sys.stderr)
-    return 2
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

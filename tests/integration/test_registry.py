@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from compute import model as contract
-from compute import registry
+from compute import publish, registry
 from compute.layout import Layout
 from harness.procs import free_port, spawn, start_server, stop
 from tests.conftest import ERROR_LOOKING, leftovers
@@ -308,3 +308,66 @@ def test_a_built_bento_follows_the_champion_only_when_told(
             assert info["follows"] == str(out) and info["tag"] == f"stock-volume:{target}"
     finally:
         stop(server)
+
+
+@pytest.fixture
+def own_copy(sample_run: dict[str, Any], tmp_path: Path) -> Path:
+    """A copy of the sample run's output for one test to damage."""
+    for folder in ("stage2", "model", "models"):
+        shutil.copytree(sample_run["out"] / folder, tmp_path / "out" / folder)
+    return tmp_path / "out"
+
+
+def test_a_champion_that_cannot_be_scored_is_kept(
+    ray_session: str | None, prefect_harness: None, own_copy: Path
+) -> None:
+    """The champion's model.bin damaged: the challenger, which beats the baseline, is not promoted
+    over a champion the gate could not score; the line and the history say why, and a person
+    can still promote it."""
+    layout, first = Layout(str(own_copy)), champion(own_copy)
+    data = Path(publish.data_dir(layout.model))
+    (data / "model.bin").write_bytes((data / "model.bin").read_bytes()[:-10] + b"0123456789")
+    result = train(own_copy)
+    line, new = gate_line(result), registry.versions(layout)[-1]
+    assert f"vs champion stock-volume:{first} not scored" in line, line
+    assert "champion kept: the champion could not be scored (its files are damaged:" in line, line
+    last = registry.history(layout)[-1]
+    assert (last.why, last.version, last.before, last.after) == ("gate", new, first, first)
+    assert registry.champion(layout).version == first  # type: ignore[union-attr]
+    promoted = stockpipe("promote", new, "--out", str(own_copy))
+    assert promoted.returncode == 0, promoted.stderr
+    assert champion(own_copy) == new
+
+
+@pytest.mark.parametrize("damaged", ["models/history.json", "champion"])
+def test_a_damaged_registry_record_is_refused_in_one_line_and_left_as_it_is(
+    ray_session: str | None, prefect_harness: None, own_copy: Path, damaged: str
+) -> None:
+    """history.json (every change of champion) or champion.json cut short: training, promote,
+    rollback and models each refuse in one line with exit status 1, nothing is trained or
+    published, and the file is byte for byte what it was."""
+    layout = Layout(str(own_copy))
+    target = (
+        own_copy / damaged
+        if damaged != "champion"
+        else Path(publish.data_dir(layout.model)) / "champion.json"
+    )
+    target.write_bytes(target.read_bytes()[:25])
+    before, versions = target.read_bytes(), registry.versions(layout)
+    commands = [
+        ["train", "--force", "--out", str(own_copy), "--ray-address", ray_address()],
+        ["promote", versions[0], "--out", str(own_copy)],
+        ["rollback", "--out", str(own_copy)],
+        ["models", "--out", str(own_copy)],
+    ]
+    for command in commands:
+        result = stockpipe(*command, env=session_env())
+        lines = [line for line in result.stderr.splitlines() if line.startswith("stockpipe:")]
+        assert result.returncode == 1, (command, result.stdout[-2000:], result.stderr[-2000:])
+        assert len(lines) == 1 and f"{target} cannot be read (" in lines[0], (command, result.stderr[-2000:])
+        assert (
+            "it is left as it is" in lines[0]
+            and "repair it, or move it aside to start a new record" in lines[0]
+        )
+        assert "Traceback" not in result.stderr and target.read_bytes() == before, command
+        assert registry.versions(layout) == versions and not leftovers(own_copy), command

@@ -14,22 +14,20 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import ray
 
 from compute import publish, registry, storage
+from compute.errors import Refused
 from compute.layout import METRICS_FILE
 from compute.publish import Manifest, Staging
 from compute.schema import FEATURE_COLUMNS
 from compute.settings import Settings
 from compute.stage import Artifact, Built, Plan, Stage
-from compute.stages.train import params
+from compute.stages.train import gate, params
+from compute.stages.train.gate import Champion
 from compute.stages.train.report import drift_line, drift_markdown, gate_line, gate_table, training_markdown
 from compute.stages.train.results import Engine, TrainMetrics
-
-if TYPE_CHECKING:
-    from compute.model import ModelCard
 
 # What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
 # trained: an ETL run or an unchanged re-run never pays for them.
@@ -44,15 +42,6 @@ TRAINING_SETTINGS = {
     "train_workers", "train_compare_random_split", "seed", "train_device", "train_backtest_folds",
     "train_layout",
 }  # fmt: skip
-
-
-@dataclass
-class Champion:
-    """The model the new one is compared with."""
-
-    version: str
-    card: ModelCard | None  # None: its files could not be read
-    scorable: tuple[bytes, dict[str, object]] | None  # model.bin and card, for the workers
 
 
 @dataclass
@@ -81,12 +70,14 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         return registry.latest_manifest(self.layout)
 
     def plan(self, previous: Manifest | None) -> TrainPlan:
+        try:
+            registry.check(self.layout)  # before any work: a damaged record is never written over
+        except registry.RegistryDamaged as exc:
+            raise Refused(str(exc), then=f"nothing was trained; {exc.then}") from None
         stage2 = publish.read_manifest(self.layout.stage2)
         parts = publish.parquet_parts(self.layout.stage2, stage2)
         if not parts:
-            raise FileNotFoundError(
-                f"no stage 2 output in {self.layout.root}: run `stockpipe features` first"
-            )
+            raise Refused(f"no stage 2 output in {self.layout.root}", then="run `stockpipe features` first")
         # The requested device, not the one used: "auto" reuses a model whichever device built it.
         training = self.settings.model_dump(include=TRAINING_SETTINGS)
         code = publish.code_digest(*CODE)
@@ -113,10 +104,14 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         (model_dir,) = staging
         settings, layout = self.settings, self.layout
         if plan.rows_with_features == 0:  # else the workers would find out, less clearly
-            raise ValueError("stage 2 has no row with both features (every symbol has fewer than 30 rows)")
+            raise Refused("stage 2 has no row with both features (every symbol has fewer than 30 rows)",
+                          then="give it symbols with 30 rows or more")  # fmt: skip
         nodes = [params.Node.of(n) for n in ray.nodes() if n.get("Alive")]
-        device = params.resolve_device(settings.train_device, sum(n.gpus for n in nodes))
-        chosen = params.choose_layout(device, nodes, settings, len(plan.parts), plan.rows_with_features)
+        try:
+            device = params.resolve_device(settings.train_device, sum(n.gpus for n in nodes))
+            chosen = params.choose_layout(device, nodes, settings, len(plan.parts), plan.rows_with_features)
+        except ValueError as exc:
+            raise Refused(str(exc), then="run again with other training settings") from None
         xgb_params = params.xgb_params(settings, device, chosen.threads)
         self.progress(f"train: {chosen.describe(device)}, {settings.train_rounds} rounds")
         champion = self._champion()
@@ -159,8 +154,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         result = summary.summarise(
             fitted,
             version=self.version,
-            champion=champion.version if champion else None,
-            reference=champion.card if champion else None,
+            champion=champion,
             engine=engine,
             params=xgb_params,
             settings=settings,
@@ -182,9 +176,8 @@ class Train(Stage[TrainPlan, TrainMetrics]):
         return Built(result, reports=reports)
 
     def _champion(self) -> Champion | None:
-        """The champion, and its files for the workers to score when they can: a champion whose
-        files are damaged or whose card asks for other features is not scored, and the gate then
-        keeps it (a person can still promote the new model)."""
+        """The champion, and its files for the workers to score when they can: one whose files are
+        damaged or whose card asks for other features is not scored, and the gate then keeps it."""
         from compute import model as contract
 
         current = registry.champion(self.layout)
@@ -192,35 +185,17 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             return None
         try:
             model, card = contract.read_published(self.layout.model)
-        except contract.ModelNotWhole:
-            return Champion(current.version, None, None)
-        usable = card.features == list(FEATURE_COLUMNS) and card.target_transform == contract.TARGET_TRANSFORM
-        return Champion(current.version, card, (model, card.model_dump(mode="json")) if usable else None)
+        except contract.ModelNotWhole as exc:
+            return Champion(current.version, None, None, f"its files are damaged: {exc}")
+        if card.features != list(FEATURE_COLUMNS) or card.target_transform != contract.TARGET_TRANSFORM:
+            why = f"it takes {card.features} with the target transform {card.target_transform}"
+            return Champion(current.version, card, None, why)
+        return Champion(current.version, card, (model, card.model_dump(mode="json")))
 
     def report(self, result: TrainMetrics) -> None:
-        """After the publish: the gate's decision, applied once (the version becomes the champion,
-        or the champion stays and the history says why), then old versions are pruned. A reused
-        version whose decision was never recorded (its run was killed in between) has it applied
-        now, unless the champion changed since it was decided."""
-        layout, decided = self.layout, result.gate
-        if any(c.why == "gate" and c.version == result.version for c in registry.history(layout)):
-            return
-        current = registry.champion(layout)
-        before = current.version if current else None
-        if decided.promote and before == decided.champion:
-            registry.promote(layout, result.version, "gate", decided.reason)
-        else:
-            detail = (
-                decided.reason if before == decided.champion else "the champion changed since the decision"
-            )
-            registry.record(
-                layout,
-                registry.Change(
-                    when=registry.now(), why="gate", version=result.version, before=before, after=before,
-                    detail=detail,
-                ),
-            )  # fmt: skip
-        registry.prune(layout, self.settings.registry_keep)
+        """After the publish: the gate's decision applied (gate.py), old versions pruned."""
+        gate.apply(self.layout, result.version, result.gate)
+        registry.prune(self.layout, self.settings.registry_keep)
         self.progress(gate_line(result))
         self.progress(drift_line(result).strip())
 

@@ -35,16 +35,15 @@ def summarise(
     fitted: Fitted,
     *,
     version: str,
-    champion: str | None,
-    reference: ModelCard | None,
+    champion: gate.Champion | None,
     engine: Engine,
     params: dict[str, object],
     settings: Settings,
     fingerprint: str,
 ) -> TrainMetrics:
     """One TrainMetrics from every worker's result (each read its own stage-2 parts), with the
-    gate's comparison of this model and the champion (its version, or None) on the same rows, and
-    the drift of this stage 2 from the champion's (`reference`: its card)."""
+    gate's comparison of this model and the champion on the same rows, and the drift of this
+    stage 2 from the champion's data (its card's bins)."""
     results = fitted.workers
 
     def merged(outcomes: list[FitOutcome], which: str) -> Metrics:
@@ -73,6 +72,7 @@ def summarise(
     decision = gate.decide(
         model.mae,
         baseline.mae,
+        champion,
         champion_metrics.mae if champion_metrics else None,
         settings.gate_tolerance_pct,
     )
@@ -111,10 +111,12 @@ def summarise(
             worker_peak_mib=max(r.peak_mib for r in results),
         ),
         fingerprint=fingerprint,
-        drift=drift_report(results, reference, champion),
+        drift=drift_report(
+            results, champion.card if champion else None, champion.version if champion else None
+        ),
         gate=Gate(
             rows=test_rows,
-            champion=champion,
+            champion=champion.version if champion else None,
             champion_metrics=champion_metrics,
             tolerance_pct=settings.gate_tolerance_pct,
             promote=decision.promote,
