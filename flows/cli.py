@@ -22,7 +22,7 @@ from compute import download, lock, publish, stop, storage
 from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
-from compute.settings import PROJECT_ROOT, SAMPLE_SOURCE, Settings, environment_variables, get_settings
+from compute.settings import PROJECT_ROOT, Settings, environment_variables, get_settings
 from compute.stage import StageResult
 from compute.stages.ingest.sources import SourceError, list_files, open_source
 
@@ -239,10 +239,11 @@ _positive_int, _whole_number = _at_least(1), _at_least(0)
 SOURCE = option(
     "--source",
     parameter="source",
-    default=str(SAMPLE_SOURCE),
+    default=None,
     metavar="PATH_OR_ZIP",
     help="Kaggle-layout folder (stocks/, etfs/, symbols_valid_meta.csv), the Kaggle zip, or "
-    "kaggle:OWNER/DATASET to download it first (default: the embedded 39-file sample)",
+    "kaggle:OWNER/DATASET to download it first (default: $STOCKPIPE_SOURCE, else the embedded "
+    "39-file sample)",
 )
 OUT = option(
     "--out", default=None, metavar="DIR", help="output directory (default: $STOCKPIPE_OUT or ./output)"
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         layout = Layout(out)
     if SOURCE in command.options:
         try:
-            _check_source(args.source)
+            _check_source(args.source or get_settings().source)
         except (SourceError, DownloadError) as exc:
             return _fail(str(exc))
     if command.needs and layout and not command.needs.present(layout):
@@ -473,12 +474,11 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     from flows import pipeline
 
     assert command.flow is not None
-    parameters = {o.parameter: getattr(args, o.dest) for o in command.options if o.parameter}
     if (stopped := stop.requested()) is not None:  # between the start and the flow
         return _stopped(stopped, layout)
     services.watch_api(layout.root, settings.prefect_api_wait_seconds)
     with services.prefect_api():
-        state = command.flow(pipeline)(**parameters, out=layout.root, return_state=True)
+        state = command.flow(pipeline)(**flow_parameters(command, args, layout), return_state=True)
     if (stopped := stop.requested()) is not None:
         return _stopped(stopped, layout, state.message)
     try:
@@ -487,6 +487,15 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
         return _fail(str(exc))
     _print_outputs(settings.model_copy(update={"out": layout.root}), result)
     return 0
+
+
+def flow_parameters(command: Command, args: argparse.Namespace, layout: Layout) -> dict[str, Any]:
+    """The flow's parameters: the options given (None where not: the environment decides) and the
+    output."""
+    return {
+        **{o.parameter: getattr(args, o.dest) for o in command.options if o.parameter},
+        "out": layout.root,
+    }
 
 
 def _stopped(stopped: stop.Stopped, layout: Layout, said: str | None = None) -> int:

@@ -21,7 +21,7 @@ from bento.stage import Package, PackageResult
 from compute import download, lock, stage, stop
 from compute.errors import is_transient
 from compute.layout import Layout
-from compute.settings import SAMPLE_SOURCE, Settings, get_settings
+from compute.settings import Settings, get_settings
 from compute.stage import StageResult
 from compute.stages import Features, Ingest, Train
 from compute.stages.features.results import FeaturesReport
@@ -110,12 +110,17 @@ def fetch_dataset(dataset: str, settings: Settings) -> str:
     return str(path)
 
 
-def _settings(
-    source: str | None, out: str, ray_address: str | None, force: bool = False, **overrides: Any
-) -> Settings:
-    """The run's settings; a kaggle:OWNER/DATASET source becomes the downloaded zip."""
-    # force=False leaves STOCKPIPE_FORCE in charge; True rebuilds stages whose inputs are unchanged.
-    settings = get_settings(source=source, out=out, ray_address=ray_address, force=force or None, **overrides)
+def run_settings(parameters: dict[str, Any]) -> Settings:
+    """A flow run's settings: its parameters where given, the environment (STOCKPIPE_*) for the
+    rest, then the defaults. Every flow parameter that is a setting defaults to None for that
+    reason; `force` False leaves STOCKPIPE_FORCE in charge."""
+    given = {k: v for k, v in parameters.items() if k in Settings.model_fields}
+    return get_settings(**{**given, "force": given.get("force") or None})
+
+
+def _settings(parameters: dict[str, Any]) -> Settings:
+    """The run's settings (`run_settings`); a kaggle:OWNER/DATASET source becomes the downloaded zip."""
+    settings = run_settings(parameters)
     dataset = download.kaggle_dataset(settings.source)
     return settings.model_copy(update={"source": fetch_dataset(dataset, settings)}) if dataset else settings
 
@@ -170,10 +175,11 @@ def _holding(settings: Settings) -> Iterator[Stages]:
         yield Stages(settings)
 
 
+# Every flow parameter that is a setting defaults to None: the environment decides (run_settings).
 @flow(name="stock-pipeline")
 def stock_pipeline(
-    source: str = str(SAMPLE_SOURCE),
-    out: str = "output",
+    source: str | None = None,
+    out: str | None = None,
     ray_address: str | None = None,
     train_device: str | None = None,
     train_layout: str | None = None,
@@ -184,14 +190,7 @@ def stock_pipeline(
 ) -> PipelineResult:
     """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
     model, and build the Bento, all under `out` (or stop after an earlier stage)."""
-    training = {
-        "train_device": train_device,
-        "train_layout": train_layout,
-        "train_rounds": train_rounds,
-        "train_backtest_folds": train_backtest_folds,
-    }
-    settings = _settings(source, out, ray_address, force, **training)
-    with _holding(settings) as run:
+    with _holding(_settings(locals())) as run:
         result = PipelineResult(ingest=run(ingest))
         result.features = run(features)
         if stop_after in ("train", "package"):
@@ -203,23 +202,23 @@ def stock_pipeline(
 
 @flow(name="ingest-stage")
 def ingest_flow(
-    source: str = str(SAMPLE_SOURCE), out: str = "output", ray_address: str | None = None, force: bool = False
+    source: str | None = None, out: str | None = None, ray_address: str | None = None, force: bool = False
 ) -> IngestReport:
-    settings = _settings(source, out, ray_address, force)
-    with _holding(settings) as run:
+    with _holding(_settings(locals())) as run:
         return run.outcome(run(ingest))
 
 
 @flow(name="features-stage")
-def features_flow(out: str = "output", ray_address: str | None = None, force: bool = False) -> FeaturesReport:
-    settings = _settings(None, out, ray_address, force)
-    with _holding(settings) as run:
+def features_flow(
+    out: str | None = None, ray_address: str | None = None, force: bool = False
+) -> FeaturesReport:
+    with _holding(_settings(locals())) as run:
         return run.outcome(run(features))
 
 
 @flow(name="train-stage")
 def train_flow(
-    out: str = "output",
+    out: str | None = None,
     ray_address: str | None = None,
     train_device: str | None = None,
     train_layout: str | None = None,
@@ -227,12 +226,5 @@ def train_flow(
     force: bool = False,
     train_backtest_folds: int | None = None,
 ) -> TrainMetrics:
-    training = {
-        "train_device": train_device,
-        "train_layout": train_layout,
-        "train_rounds": train_rounds,
-        "train_backtest_folds": train_backtest_folds,
-    }
-    settings = _settings(None, out, ray_address, force, **training)
-    with _holding(settings) as run:
+    with _holding(_settings(locals())) as run:
         return run.outcome(run(train))

@@ -96,3 +96,24 @@ def test_unreachable_ray_cluster_fails_with_a_clear_message(tmp_path: Path) -> N
         f"stockpipe: error: cannot reach the Ray cluster at {unreachable}: nothing answers" in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_source_and_the_output_come_from_the_environment_when_no_flag_gives_them(
+    ray_session: str | None, prefect_harness: None, tmp_path: Path
+) -> None:
+    """STOCKPIPE_SOURCE and STOCKPIPE_OUT, as docs/configuration.md says: five of the sample's
+    files, ingested where STOCKPIPE_OUT points (a flag's default once hid the variable)."""
+    import json
+    import shutil
+
+    source = tmp_path / "five"
+    (source / "stocks").mkdir(parents=True)
+    for name in ("AAPL", "AMZN", "BAC", "ACC", "ATAC"):
+        shutil.copy(SAMPLE / "stocks" / f"{name}.csv", source / "stocks")
+    shutil.copy(SAMPLE / "symbols_valid_meta.csv", source)
+    env = {**stockpipe_env(), "STOCKPIPE_SOURCE": str(source), "STOCKPIPE_OUT": str(tmp_path / "out")}
+    command = [sys.executable, "-m", "flows.cli", "ingest", "--ray-address", address()]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "reports" / "ingest.json").read_text())
+    assert report["source"] == str(source) and report["files"]["ingested"] == 5, report["files"]

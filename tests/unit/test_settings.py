@@ -46,3 +46,53 @@ def test_the_service_reads_the_follow_settings_by_their_names() -> None:
     source = (PROJECT_ROOT / "bento" / "service.py").read_text()
     for name in ("serve_follow", "serve_follow_seconds"):
         assert f'os.environ.get("{environment_variables(name)[0]}"' in source, name
+
+
+def changed(name: str) -> str:
+    """A value for a setting's variable that is not its default (as the variable's text)."""
+    field = Settings.model_fields[name]
+    default = field.default
+    if isinstance(default, bool):
+        return "false" if default else "true"
+    if name == "holdout_fraction":
+        return "0.3"
+    if isinstance(default, int) or name == "train_workers":
+        return str((default or 0) + 3)
+    if isinstance(default, float):
+        return str(default + 1.5) if name != "serve_follow_seconds" else "7.5"
+    return f"/elsewhere/{name}"
+
+
+def test_a_run_takes_every_setting_its_parameters_leave_out_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every variable set, no flag or parameter given: through each CLI command that runs a flow,
+    and through each deployment of prefect.yaml (whose own parameters win), the run's settings are
+    the environment's. (A flow parameter with a default of its own would hide its variable:
+    `--source` once did.)"""
+    import inspect
+
+    import yaml
+
+    from flows import cli, pipeline
+
+    for name in Settings.model_fields:
+        monkeypatch.setenv(environment_variables(name)[0], changed(name))
+    from_environment = Settings()
+    assert all(getattr(from_environment, n) != f.default for n, f in Settings.model_fields.items())
+
+    for name, command in cli.COMMANDS.items():
+        if command.flow is None:
+            continue
+        args = cli._parser().parse_args([name])
+        layout = cli.Layout(args.out or Settings().out)
+        assert pipeline.run_settings(cli.flow_parameters(command, args, layout)) == from_environment, name
+
+    deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    for deployment in deployments:
+        flow = getattr(pipeline, deployment["entrypoint"].split(":")[1])
+        defaults = {k: p.default for k, p in inspect.signature(flow.fn).parameters.items()}
+        given = deployment.get("parameters") or {}
+        explicit = {k: v for k, v in given.items() if k in Settings.model_fields and v is not None}
+        expected = from_environment.model_copy(update=Settings(**explicit).model_dump(include=set(explicit)))
+        assert pipeline.run_settings({**defaults, **given}) == expected, deployment["name"]
