@@ -13,8 +13,8 @@ from pathlib import Path
 import bentoml
 import yaml
 
+from compute import locations
 from compute import model as contract
-from compute import storage
 from compute.settings import PROJECT_ROOT
 
 BENTOFILE = PROJECT_ROOT / "bento" / "bentofile.yaml"
@@ -39,7 +39,7 @@ def _tag(model: bytes, card: contract.ModelCard) -> str:
 def register_model(model_dir: str | Path) -> str:
     """Copy the published model (local or from an object store) into the model store, once per
     content; return its tag. The files are checked whole and loadable before they are stored."""
-    model, card = contract.read_published(storage.normalize(model_dir))
+    model, card = contract.read_published(locations.normalize(model_dir))
     tag = _tag(model, card)
     if find_model(tag):
         return tag
@@ -75,8 +75,9 @@ def bento_tag(model: str) -> str:
     config = _bentofile()
     digest = hashlib.sha256(model.encode())
     digest.update(BENTOFILE.read_bytes())
-    for name in sorted(config.get("include", [])):
-        digest.update(name.encode() + (PROJECT_ROOT / name).read_bytes())
+    for pattern in config.get("include", []):
+        for path in sorted(PROJECT_ROOT.glob(pattern)):
+            digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + path.read_bytes())
     return f"{config['name']}:{digest.hexdigest()[:16]}"
 
 

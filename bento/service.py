@@ -47,13 +47,14 @@ from compute import model as contract
 from compute import publish
 from compute.layout import Layout
 from compute.metrics import Metrics
+from compute.settings import get_settings
 
-# Where the champion to follow is (an --out location) and how often to look: from the environment,
-# so that a built Bento follows too (`STOCKPIPE_SERVE_FOLLOW=... bentoml serve stockpipe:...`):
-# BentoML gives a built Bento the arguments it was built with, whatever `--arg` says. The names are
-# the settings' (compute/settings.py), which the service does not import (nor pydantic-settings).
-FOLLOW = os.environ.get("STOCKPIPE_SERVE_FOLLOW", "")
-FOLLOW_SECONDS = float(os.environ.get("STOCKPIPE_SERVE_FOLLOW_SECONDS", "10"))
+# Where the champion to follow is (an --out location) and how often to look: settings, from the
+# environment, so that a built Bento follows too (`STOCKPIPE_SERVE_FOLLOW=... bentoml serve
+# stockpipe:...`): BentoML gives a built Bento the arguments it was built with, whatever `--arg` says.
+SETTINGS = get_settings()
+FOLLOW = SETTINGS.serve_follow or ""
+FOLLOW_SECONDS = SETTINGS.serve_follow_seconds
 log = logging.getLogger("bentoml.stockpipe")  # under BentoML's logger, whose handler prints it
 
 # Let each worker process accept one connection at a time (libuv, under uvloop), so that

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compute.storage import join, normalize
+from compute.locations import normalize
+from compute.storage import join
 
 # The model folder's files. model.json records model.bin's SHA-256, so that a reader can check that
 # the two belong together.

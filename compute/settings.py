@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from compute.storage import normalize
+from compute.locations import normalize
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SOURCE = PROJECT_ROOT / "data" / "sample"

@@ -21,40 +21,15 @@ import uuid
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from compute.locations import is_local, is_uri
 from compute.schema import DICTIONARY_COLUMNS
-
-SECRET_OPTIONS = {"access_key", "secret_key", "session_token"}  # pyarrow's S3 URI options
-
-
-def is_uri(location: str | Path) -> bool:
-    return "://" in str(location)
-
-
-def normalize(location: str | Path) -> str:
-    """An absolute local path (Ray workers do not share the driver's directory) or the URI as given."""
-    text = str(location)
-    if text.startswith("file://"):
-        text = urlsplit(text).path
-    if is_uri(text):
-        parts = urlsplit(text)
-        secrets = SECRET_OPTIONS & {k.lower() for k, _ in parse_qsl(parts.query)}
-        if parts.password or secrets:
-            raise ValueError(
-                "put credentials in the environment (e.g. AWS_ACCESS_KEY_ID), not in the URI: "
-                "locations are written to reports and logs"
-            )
-        return urlunsplit(parts._replace(path=parts.path.rstrip("/") or parts.path))
-    return str(Path(text).expanduser().resolve())
-
-
-def is_local(location: str) -> bool:
-    return not is_uri(location)
+from compute.settings import get_settings
 
 
 @lru_cache(maxsize=4096)
@@ -80,8 +55,6 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
 def _s3_attempts() -> int:
     """Attempts at each S3 request (the store_attempts setting; pyarrow's own default is 3), with
     the AWS SDK's backoff between them, 25 ms doubling: about 13 s in all for 10."""
-    from compute.settings import get_settings  # settings imports this module
-
     return get_settings().store_attempts
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from compute import download, lock, publish, stop, storage
+from compute import download, locations, lock, publish, stop, storage
 from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
@@ -412,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     layout = None
     if OUT in command.options:
         try:
-            out = storage.normalize(args.out or get_settings().out)
+            out = locations.normalize(args.out or get_settings().out)
             out_kind = storage.kind(out)
         except (ValueError, OSError) as exc:
             return _fail(f"cannot use --out '{args.out}': {exc}")

@@ -67,13 +67,17 @@ def _stage_table(stage: str) -> pa.Table:
     return pa.concat_tables([storage.read_parquet(p) for p in parts])
 
 
-def test_folder_on_s3_to_output_on_s3(
-    s3: dict[str, Any], sample_run: dict[str, Any], prefect_harness: None
-) -> None:
+@pytest.fixture(scope="module")
+def s3_run(s3: dict[str, Any], prefect_harness: None) -> Any:
+    """The whole pipeline from the sample on S3 to an output on S3, runs/a."""
     from flows.pipeline import stock_pipeline
 
     # Default rounds: a model that beats the baseline, which the gate makes the first champion.
-    result = stock_pipeline(source=s3["uri"]("sample"), out=s3["uri"]("runs/a"))
+    return stock_pipeline(source=s3["uri"]("sample"), out=s3["uri"]("runs/a"))
+
+
+def test_folder_on_s3_to_output_on_s3(s3: dict[str, Any], s3_run: Any, sample_run: dict[str, Any]) -> None:
+    result = s3_run
     fs = s3["fs"]
     local = sample_run["result"]
     assert result.ingest.rows == local.ingest.rows
@@ -122,6 +126,51 @@ def test_folder_on_s3_to_output_on_s3(
     assert [c.why for c in registry.history(layout)] == ["gate", "promote", "rollback"]
     names = [i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/a/model", recursive=True))]
     assert len({n.split("/")[4] for n in names if "/v-" in n}) == 1, "old champion versions left"
+
+
+def test_a_built_bento_follows_a_champion_on_the_store(
+    s3: dict[str, Any], s3_run: Any, sample_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """The sample run's Bento (its own files, its own packages), told to follow runs/a on S3: it
+    answers with that champion, and a version promoted on the store reaches it. (The Bento once
+    shipped compute/storage.py without the settings module it imports, and could not read the
+    store.)"""
+    import os
+    import time
+
+    import httpx
+
+    from compute.stage import run
+    from compute.stages import Train
+
+    layout = Layout(s3["uri"]("runs/a"))
+    first = registry.champion(layout).version  # type: ignore[union-attr]
+    second = run(Train(Settings(out=layout.root, train_rounds=5), progress=lambda _line: None)).version
+    port = free_port()
+    env = {**os.environ, "STOCKPIPE_SERVE_FOLLOW": layout.root, "STOCKPIPE_SERVE_FOLLOW_SECONDS": "1"}
+    command = [sys.executable, "-m", "bentoml", "serve", sample_run["result"].package.bento,
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    url, server = start_server(command, port, tmp_path / "bento.log", env=env)
+    try:
+        for target in (first, second):
+            if target == second:
+                registry.promote(layout, second, "promote", "by the test")
+            deadline = time.monotonic() + 20
+            while (info := httpx.get(f"{url}/model").json())["version"] != target:
+                assert time.monotonic() < deadline, (
+                    target,
+                    info,
+                    (tmp_path / "bento.log").read_text()[-2000:],
+                )
+                time.sleep(0.2)
+            assert info["follows"] == layout.root
+        assert httpx.get(
+            f"{url}/predict", params={"vol_moving_avg": 51318, "adj_close_rolling_med": 216}
+        ).is_success
+        assert "cannot read the champion" not in (tmp_path / "bento.log").read_text()
+    finally:
+        stop(server)
+        registry.promote(layout, first, "promote", "back, for the other tests")
 
 
 def test_zip_on_s3_rebuild_replaces_the_version_and_unchanged_rerun_reuses(

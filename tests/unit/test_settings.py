@@ -41,13 +41,6 @@ def test_ray_address_takes_rays_own_variable_too(monkeypatch: pytest.MonkeyPatch
     assert Path(shown(Settings.model_fields["source"].default)) == Path("data/sample")
 
 
-def test_the_service_reads_the_follow_settings_by_their_names() -> None:
-    """bento/service.py reads these from the environment itself (a Bento has no pydantic-settings)."""
-    source = (PROJECT_ROOT / "bento" / "service.py").read_text()
-    for name in ("serve_follow", "serve_follow_seconds"):
-        assert f'os.environ.get("{environment_variables(name)[0]}"' in source, name
-
-
 def changed(name: str) -> str:
     """A value for a setting's variable that is not its default (as the variable's text)."""
     field = Settings.model_fields[name]

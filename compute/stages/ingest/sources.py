@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.csv as pv
 
-from compute import storage
+from compute import locations, storage
 from compute.schema import META_FILE, META_NAME_COLUMN, META_SYMBOL_COLUMN
 
 KINDS = ("stocks", "etfs")
@@ -94,7 +94,7 @@ def _read_capped(fh: io.BufferedIOBase, max_bytes: int) -> bytes:
 def open_source(location: str | Path) -> Source:
     """Check that a location (a path or a pyarrow filesystem URI) is a usable source and say which kind."""
     try:
-        where = storage.normalize(location)
+        where = locations.normalize(location)
         kind = storage.kind(where)
     except (ValueError, OSError) as exc:
         raise SourceError(f"cannot open source '{location}': {exc}") from exc
