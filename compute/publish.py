@@ -17,6 +17,7 @@ was built from, so that a re-run can reuse the whole folder or carry over unchan
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import errno
 import hashlib
@@ -41,11 +42,42 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def code_digest(*modules: str) -> str:
-    """The source text of the modules (by name) that shape an output. The modules are found, not
-    imported, so that a stage can name modules it imports only when it builds."""
-    paths = [importlib.util.find_spec(name).origin for name in modules]  # type: ignore[union-attr]
-    return digest(*[Path(path).read_bytes().hex() for path in paths if path])
+def code_modules(root: str) -> list[str]:
+    """`root` and every module of its package that it imports, directly or through another, at
+    the top or inside a function: the code that can shape what it builds. Found by reading the
+    source, never importing it, so that a stage's fingerprint covers modules it imports only when
+    it builds (and no list kept by hand falls behind the code)."""
+    package = root.split(".")[0]
+    found, todo = {}, [root]
+    while todo:
+        name = todo.pop()
+        if name in found or (path := _source(name)) is None:
+            continue
+        found[name] = path
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [alias.name for alias in node.names if alias.name.split(".")[0] == package]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
+                # `from a.b import c`: c is a module of a.b, or a name in it (then _source finds none).
+                todo += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return sorted(found)
+
+
+def _source(module: str) -> Path | None:
+    """The file of a module of the project's packages, found without importing anything."""
+    top = importlib.util.find_spec(module.split(".")[0])
+    if top is None or not top.origin:
+        return None
+    base = Path(top.origin).parent.parent.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def code_digest(root: str) -> str:
+    """The source text of `root` and of every module it imports (`code_modules`)."""
+    return digest(*[_source(name).read_bytes().hex() for name in code_modules(root)])  # type: ignore[union-attr]
 
 
 class Part(BaseModel):

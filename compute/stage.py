@@ -114,6 +114,11 @@ class Stage(ABC, Generic[P, R]):
         others are published just before it."""
         return ()
 
+    def code(self) -> str:
+        """A digest of the code that shapes the output: the stage's module and every module of the
+        project it imports (compute/publish.py: code_modules), for the plan's fingerprint."""
+        return publish.code_digest(type(self).__module__)
+
     def previous(self) -> Manifest | None:
         """The published manifest the plan and the reuse compare with (default: the first output's)."""
         outputs = self.outputs()

@@ -145,3 +145,36 @@ def test_a_reader_sees_whole_models_while_they_are_published(tmp_path: Path) -> 
         stop.set()
         writer.join()
     assert len(seen) > 10, "the reader should have seen many versions"
+
+
+def test_a_stages_code_is_every_module_it_imports_found_without_importing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fingerprint's modules are derived: a module imported inside a function counts, a name
+    imported from a module is not taken for one, and editing any of them changes the digest."""
+    from compute.publish import code_digest, code_modules
+
+    train = set(code_modules("compute.stages.train.stage"))
+    stage_files = Path(__file__).resolve().parents[2].glob("compute/stages/train/*.py")
+    assert {f"compute.stages.train.{p.stem}" for p in stage_files} - {
+        "compute.stages.train.__init__"
+    } <= train
+    # Once missing from a list kept by hand: editing them reused a stale model.
+    assert {"compute.stages.train.gate", "compute.drift", "compute.schema",
+            "compute.stages.train.results", "compute.stages.train.report"} <= train  # fmt: skip
+
+    package = tmp_path / "fingerprinted"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "stage.py").write_text(
+        "def build():\n    from fingerprinted.work import NAME\n    return NAME\n"
+    )
+    (package / "work.py").write_text("NAME = 'work'\n")
+    (package / "unused.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert code_modules("fingerprinted.stage") == ["fingerprinted.stage", "fingerprinted.work"]
+    before = code_digest("fingerprinted.stage")
+    (package / "unused.py").write_text("X = 1\n")
+    assert code_digest("fingerprinted.stage") == before
+    (package / "work.py").write_text("NAME = 'changed'\n")
+    assert code_digest("fingerprinted.stage") != before

@@ -39,7 +39,7 @@ class Features(Stage[FeaturesPlan, FeaturesReport]):
         stage1 = self.layout.stage1
         if not storage.is_dir(stage1):
             raise FileNotFoundError(f"no stage 1 output in {self.layout.root}: run `stockpipe ingest` first")
-        code = publish.code_digest("compute.stages.features.rolling", "compute.schema")
+        code = self.code()
         built_from = publish.read_manifest(stage1)  # about 1 MB on the vintage: read it once
         stage1_id = publish.content_id(stage1, built_from)
         parts = publish.parquet_parts(stage1, built_from)

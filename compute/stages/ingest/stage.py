@@ -60,9 +60,7 @@ class Ingest(Stage[IngestPlan, IngestReport]):
         entries = {member: [size, signature] for member, size, signature in source.entries(listing)}
         basis = publish.digest(
             source.location,
-            publish.code_digest(
-                "compute.stages.ingest.parse", "compute.stages.ingest.sources", "compute.schema"
-            ),
+            self.code(),
             self.settings.max_file_bytes,
             entries.get(listing.meta_member or ""),  # the metadata file gives every Security Name
         )

@@ -29,13 +29,8 @@ from compute.stages.train.gate import Champion
 from compute.stages.train.report import drift_line, drift_markdown, gate_line, gate_table, training_markdown
 from compute.stages.train.results import Engine, TrainMetrics
 
-# What shapes the model. XGBoost, Ray Train and matplotlib are imported only when a model is
-# trained: an ETL run or an unchanged re-run never pays for them.
-CODE = (
-    __name__, "compute.stages.train.fit", "compute.stages.train.params", "compute.stages.train.split",
-    "compute.stages.train.summary", "compute.stages.train.worker", "compute.model", "compute.metrics",
-)  # fmt: skip
-
+# XGBoost, Ray Train and matplotlib are imported only when a model is trained: an ETL run or an
+# unchanged re-run never pays for them.
 WORK = "_work"
 TRAINING_SETTINGS = {
     "holdout_fraction", "train_rounds", "train_max_depth", "train_eta", "train_huber_slope",
@@ -80,7 +75,7 @@ class Train(Stage[TrainPlan, TrainMetrics]):
             raise Refused(f"no stage 2 output in {self.layout.root}", then="run `stockpipe features` first")
         # The requested device, not the one used: "auto" reuses a model whichever device built it.
         training = self.settings.model_dump(include=TRAINING_SETTINGS)
-        code = publish.code_digest(*CODE)
+        code = self.code()
         fingerprint = publish.digest(publish.content_id(self.layout.stage2, stage2), code, training)
         counts = [part.counts for part in stage2.parts.values()] if stage2 else None
         with_features = sum(c.get("rows_with_features", 0) for c in counts) if counts is not None else None
