@@ -34,6 +34,7 @@ class PackagePlan(Plan):
 
 class Package(Stage[PackagePlan, PackageResult]):
     name = "package"
+    output_name = "the Bento"  # in BentoML's store, not a folder of the output
     result_type = PackageResult
     depends_on = "the model and the service files"
     uses_ray = False

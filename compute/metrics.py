@@ -3,7 +3,7 @@ parallel variance for R²), so no worker ever needs every test row."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -74,9 +74,6 @@ class ErrorSums:
             "r2": 1.0 - self.sq_err / self.y_m2 if self.y_m2 > 0 else float("nan"),
             "mape_pct": 100.0 * self.ape / self.n_nonzero if self.n_nonzero else float("nan"),
         }
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
     def summary(self) -> Metrics:
         return Metrics(**self.metrics())

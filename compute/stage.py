@@ -18,8 +18,8 @@ To add a stage, these are the places:
   1. a package compute/stages/<name>/: stage.py (a Stage subclass), results.py (its result, a
      StageResult) and its work;
   2. compute/layout.py: the names of what it writes;
-  3. flows/pipeline.py: the stage in STAGES, a task that runs it, a field of PipelineResult and a
-     call in the flow.
+  3. flows/stages.py: the stage in STAGES, in order; flows/pipeline.py: a task that runs it, a
+     field of PipelineResult and a call in the flow.
 For a command or a deployment of its own: a row of COMMANDS in flows/cli.py, an entry in
 prefect.yaml. tests/unit/test_stage.py shows a complete small stage.
 """
@@ -103,6 +103,10 @@ class Stage(ABC, Generic[P, R]):
     depends_on: ClassVar[str]  # for the "unchanged since the last run" line, e.g. "stage 1 and the code"
     uses_ray: ClassVar[bool] = True
     result_file: ClassVar[str | None] = None  # the result as JSON, published in the first output
+    # What a person relies on once the stage ran, for the line of a stopped run: its name ("stage
+    # 1") and the Layout folder that holds it (None: not a folder of the output).
+    output_name: ClassVar[str]
+    output_folder: ClassVar[str | None] = None
 
     def __init__(self, settings: Settings, progress: Progress | Callable[[str], None] | None = None) -> None:
         self.settings = settings
@@ -113,6 +117,18 @@ class Stage(ABC, Generic[P, R]):
         """The folders this stage publishes. The first carries the result in its manifest; the
         others are published just before it."""
         return ()
+
+    @classmethod
+    def is_published(cls, layout: Layout) -> bool:
+        return cls.output_folder is not None and publish.is_published(getattr(layout, cls.output_folder))
+
+    @classmethod
+    def after_stop(cls, layout: Layout) -> str | None:
+        """What stands of its output when the stage was stopped before publishing (None: nothing
+        worth a word)."""
+        if cls.output_folder is None:
+            return None
+        return f"{cls.output_name} is {'unchanged' if cls.is_published(layout) else 'not built'}"
 
     def code(self) -> str:
         """A digest of the code that shapes the output: the stage's module and every module of the

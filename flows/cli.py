@@ -23,8 +23,10 @@ from compute.cluster import AuthenticationFailed
 from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
 from compute.settings import PROJECT_ROOT, Settings, environment_variables, get_settings
-from compute.stage import StageResult
+from compute.stage import Stage, StageResult
+from compute.stages import Features, Ingest, Train
 from compute.stages.ingest.sources import SourceError, list_files, open_source
+from flows.stages import STAGES
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,19 @@ def option(*flags: str, parameter: str | None = None, **kwargs: Any) -> Option:
 
 @dataclass(frozen=True)
 class Needs:
-    """A published output a command reads, and the command that makes it."""
+    """A published output a command reads, and the stage (and command) that makes it."""
 
-    output: str  # a Layout attribute
+    stage: type[Stage[Any, Any]]
     what: str
-    made_by: str
+    folder: str | None = None  # a Layout attribute; default: the stage's output folder
+
+    @property
+    def output(self) -> str:
+        return self.folder or self.stage.output_folder or ""
+
+    @property
+    def made_by(self) -> str:
+        return self.stage.name
 
     def present(self, layout: Layout) -> bool:
         where = getattr(layout, self.output)
@@ -72,9 +82,9 @@ class Command:
     flow: Callable[[ModuleType], Callable[..., Any]] | None = None
     description: str | None = None  # --help's text, when longer than `help`
     needs: Needs | None = None
-    # The output its first stage publishes: when that is missing (or --force), the stage surely
-    # has work, so Ray starts up front, beside Prefect's temporary server.
-    first_output: str | None = None
+    # Its first stage: when that stage's output is missing (or --force), the stage surely has
+    # work, so Ray starts up front, beside Prefect's temporary server.
+    first_stage: type[Stage[Any, Any]] | None = None
 
 
 def _serve(args: argparse.Namespace, layout: Layout) -> int:
@@ -299,9 +309,9 @@ BACKTEST = option(
 STOP_AFTER = option(
     "--stop-after",
     parameter="stop_after",
-    choices=["features", "train", "package"],
-    default="package",
-    help="last stage to run (default: package, i.e. everything)",
+    choices=list(STAGES)[1:],
+    default=list(STAGES)[-1],
+    help=f"last stage to run (default: {list(STAGES)[-1]}, i.e. everything)",
 )
 HOST = option("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
 PORT = option("--port", type=_port, default=None, help="port (default 3000)")
@@ -318,32 +328,32 @@ STAGE = (FORCE, RAY_ADDRESS, NO_WAIT)  # every command that runs stages
 TRAINING = (DEVICE, LAYOUT, ROUNDS, BACKTEST)
 
 VERSION = option("version", metavar="VERSION", help="the version to promote (`stockpipe models` lists them)")
-STAGE1 = Needs("stage1", "stage 1 output", "ingest")
-STAGE2 = Needs("stage2", "stage 2 output", "features")
-MODEL = Needs("model", "champion model", "train")
-MODELS = Needs("models", "trained model", "train")
+STAGE1 = Needs(Ingest, "stage 1 output")
+STAGE2 = Needs(Features, "stage 2 output")
+MODEL = Needs(Train, "champion model")
+MODELS = Needs(Train, "trained model", folder="models")
 
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "Run the whole pipeline: ingest, features, train, then build the Bento.",
         (SOURCE, OUT, *STAGE, *TRAINING, STOP_AFTER),
-        flow=lambda pipeline: pipeline.stock_pipeline, first_output="stage1",
+        flow=lambda pipeline: pipeline.stock_pipeline, first_stage=Ingest,
     ),
     "ingest": Command(
         "Stage 1: read every symbol file into <out>/stage1/, bad rows into <out>/quarantine/.",
         (SOURCE, OUT, *STAGE),
-        flow=lambda pipeline: pipeline.ingest_flow, first_output="stage1",
+        flow=lambda pipeline: pipeline.ingest_flow, first_stage=Ingest,
     ),
     "features": Command(
         "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.",
         (OUT, *STAGE),
-        flow=lambda pipeline: pipeline.features_flow, needs=STAGE1, first_output="stage2",
+        flow=lambda pipeline: pipeline.features_flow, needs=STAGE1, first_stage=Features,
     ),
     "train": Command(
         "Stage 3: train XGBoost on Ray from <out>/stage2/ into a new version in <out>/models/; the "
         "gate makes it the champion, <out>/model/, only when it is not worse than the champion.",
         (OUT, *STAGE, *TRAINING),
-        flow=lambda pipeline: pipeline.train_flow, needs=STAGE2, first_output="model",
+        flow=lambda pipeline: pipeline.train_flow, needs=STAGE2, first_stage=Train,
     ),
     "models": Command(
         "List the model versions in <out>/models/: trained when, on how many rows, their holdout "
@@ -455,13 +465,9 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
 
     # Ray is started up front only when the first stage surely has work (nothing published yet,
     # or --force); otherwise a stage starts it if it finds work, and an unchanged re-run never does.
-    first = getattr(layout, command.first_output or "")
-    ray_too = settings.force or not publish.is_published(first)
-    # Imported while Prefect's server and Ray start, instead of after: the flows, and Ray Train
-    # (about 1.5 s) where a model will be trained: a command that takes --rounds and does not
-    # stop before training.
-    trains = ROUNDS in command.options and getattr(args, STOP_AFTER.dest, "train") != "features"
-    imports = ("flows.pipeline", "ray.train.xgboost") if trains and ray_too else ("flows.pipeline",)
+    ray_too = settings.force or not (command.first_stage and command.first_stage.is_published(layout))
+    # The flows are imported while Prefect's server and Ray start, instead of after.
+    imports = ("flows.pipeline",)
     try:
         services.start(settings, ray_too=ray_too, imports=imports)
         stop.checkpoint()
@@ -517,7 +523,7 @@ def _check_source(source: str) -> None:
 
 
 def _print_outputs(settings: Settings, result: BaseModel) -> None:
-    from flows.pipeline import STAGES, PipelineResult
+    from flows.pipeline import PipelineResult
 
     results = result.stages() if isinstance(result, PipelineResult) else {_stage_of(result): result}
     reused = [name for name, r in results.items() if r.reused]
@@ -529,8 +535,6 @@ def _print_outputs(settings: Settings, result: BaseModel) -> None:
 
 
 def _stage_of(result: StageResult) -> str:
-    from flows.pipeline import STAGES
-
     return next(name for name, stage in STAGES.items() if isinstance(result, stage.result_type))
 
 

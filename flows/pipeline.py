@@ -32,9 +32,6 @@ from flows.progress import StageProgress
 
 R = TypeVar("R", bound=StageResult)
 
-# Every stage of the pipeline, in order, by name.
-STAGES: dict[str, type[stage.Stage[Any, Any]]] = {s.name: s for s in (Ingest, Features, Train, Package)}
-
 
 class PipelineResult(BaseModel):
     """What `stock-pipeline` returns: each stage that ran, in order."""

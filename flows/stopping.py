@@ -19,13 +19,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from compute import publish, stop
+from compute import stop
 from compute.layout import Layout
+from flows.stages import STAGES
 
 SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
-# What each stage leaves published, for the line: (its name there, the folder that says so).
-OUTPUTS = {"ingest": ("stage 1", "stage1"), "features": ("stage 2", "stage2"),
-           "train": ("the champion model", "model"), "package": ("the Bento", None)}  # fmt: skip
 
 
 def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -55,17 +53,16 @@ def handled() -> Iterator[None]:
 def line(stopped: stop.Stopped, layout: Layout) -> str:
     """e.g. `interrupted (Ctrl-C) during features: stage 1 is published, stage 2 is unchanged;
     run again to go on`."""
-    names = list(OUTPUTS)
-    upto = names[: names.index(stopped.stage) + 1] if stopped.stage in OUTPUTS else []
+    names = list(STAGES)
+    upto = names[: names.index(stopped.stage) + 1] if stopped.stage in STAGES else []
     stands = []
     for name in upto:
-        what, folder = OUTPUTS[name]
-        published = folder is not None and publish.is_published(getattr(layout, folder))
+        stage = STAGES[name]
         if name != stopped.stage:
-            if published:  # an earlier stage this run did not build is not worth a word
-                stands.append(f"{what} is published")
-        elif folder is not None:
-            stands.append(f"{what} is {'unchanged' if published else 'not built'}")
+            if stage.is_published(layout):  # an earlier stage this run did not build is not worth a word
+                stands.append(f"{stage.output_name} is published")
+        elif (after := stage.after_stop(layout)) is not None:
+            stands.append(after)
     # An interruption names the stage it cut short; a failure's reason says where it happened.
     head = stopped.reason
     if stopped.outcome == "cancelled":

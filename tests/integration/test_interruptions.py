@@ -102,7 +102,7 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     assert code == 130 and seconds < 10, (code, seconds, text[-2000:])
     assert said(text) == [
         "stockpipe: interrupted (Ctrl-C) during train: stage 1 is published, stage 2 is published, "
-        "the champion model is not built; run again to go on"
+        "no model version is published and there is no champion model yet; run again to go on"
     ]
     no_error_lines(text)
     assert not leftovers(out) and not (out / "model").exists()
@@ -151,8 +151,8 @@ def test_sigterm_stops_in_order_and_a_second_signal_at_once(
     )
     assert code == 143 and seconds < 10, (code, seconds, terminal.text[-2000:])
     assert said(terminal.text) == [
-        "stockpipe: interrupted (SIGTERM) during train: stage 2 is published, the champion model is not "
-        "built; run again to go on"
+        "stockpipe: interrupted (SIGTERM) during train: stage 2 is published, no model version is published "
+        "and there is no champion model yet; run again to go on"
     ]
     no_error_lines(terminal.text)
     state, tasks = latest_flow_run()
@@ -350,8 +350,8 @@ def test_a_prefect_server_that_comes_back_is_waited_for_and_one_that_stays_down_
             and f"the Prefect server at http://127.0.0.1:{port} has not answered since" in line[0]
         )
         assert (
-            "(10 s): stopped during train: stage 2 is published, the champion model is unchanged; run again "
-            "once the server answers" in line[0]
+            "(10 s): stopped during train: stage 2 is published, no new model version is published, the "
+            "champion model is unchanged; run again once the server answers" in line[0]
         )
         no_error_lines(terminal.text)
         assert not leftovers(out)

@@ -56,3 +56,28 @@ def test_bad_arguments_fail_with_one_line(tmp_path: Path, args, message: str) ->
 def test_unknown_command_is_refused() -> None:
     result = stockpipe("fly")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_the_stages_are_declared_once_and_every_list_of_them_follows() -> None:
+    """flows/stages.py is the one list: the pipeline flow's stop_after, the CLI's --stop-after, and
+    the line of a stopped run (each stage says what it leaves) all follow it."""
+    import inspect
+    import typing
+
+    from compute.layout import Layout
+    from compute.stop import Stopped
+    from flows import cli, pipeline, stopping
+    from flows.stages import STAGES
+
+    later = list(STAGES)[1:]
+    stop_after = inspect.signature(pipeline.stock_pipeline.fn).parameters["stop_after"]
+    hinted = typing.get_type_hints(pipeline.stock_pipeline.fn)["stop_after"]
+    assert list(typing.get_args(hinted)) == later and stop_after.default == later[-1]
+    assert cli.STOP_AFTER.kwargs["choices"] == later
+    assert list(pipeline.PipelineResult.model_fields) == list(STAGES)
+    for name, stage in STAGES.items():
+        stopped = Stopped("interrupted (Ctrl-C)", 130)
+        stopped.stage = name
+        said = stopping.line(stopped, Layout("/nowhere"))
+        assert said.startswith(f"interrupted (Ctrl-C) during {name}"), said
+        assert stage.output_folder is None or stage.output_name in said, said

@@ -29,6 +29,7 @@ class FeaturesPlan(Plan):
 
 class Features(Stage[FeaturesPlan, FeaturesReport]):
     name = "features"
+    output_name, output_folder = "stage 2", "stage2"
     result_type = FeaturesReport
     depends_on = "stage 1 and the code"
 

@@ -78,13 +78,6 @@ class ParsedBatch:
 
 
 @dataclass
-class ParsedFile:
-    table: pa.Table  # STAGE1, date-ordered, unique dates
-    quarantine: pa.Table  # QUARANTINE schema
-    result: FileResult
-
-
-@dataclass
 class _Rows:
     """What the CSV reader made of some files of a batch: every column as numbers, plus where
     each row came from. Rows are in file order, then line order."""
@@ -115,15 +108,6 @@ def count_rows(data: bytes) -> int:
     """Data lines after the header, the way the CSV reader counts them."""
     lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     return max(lines - 1, 0)
-
-
-def parse_file(data: bytes, member: str, symbol: str) -> ParsedFile:
-    """Split one file's rows into kept (typed, date-ordered) and quarantined; raise FileRejected."""
-    batch = parse_batch([RawFile(member, symbol, data)], names={})
-    result = batch.results[0]
-    if result.status == "failed":
-        raise FileRejected(result.reason)
-    return ParsedFile(table=batch.table, quarantine=batch.quarantine, result=result)
 
 
 def parse_batch(files: list[RawFile], names: dict[str, str]) -> ParsedBatch:

@@ -46,6 +46,7 @@ class IngestPlan(Plan):
 
 class Ingest(Stage[IngestPlan, IngestReport]):
     name = "ingest"
+    output_name, output_folder = "stage 1", "stage1"
     result_type = IngestReport
     depends_on = "the source files and the code"
 

@@ -19,7 +19,7 @@ import ray
 
 from compute import publish, registry, storage
 from compute.errors import Refused
-from compute.layout import METRICS_FILE
+from compute.layout import METRICS_FILE, Layout
 from compute.publish import Manifest, Staging
 from compute.schema import FEATURE_COLUMNS
 from compute.settings import Settings
@@ -49,6 +49,8 @@ class TrainPlan(Plan):
 
 class Train(Stage[TrainPlan, TrainMetrics]):
     name = "train"
+    # What a person relies on after training: the champion (a new version counts once promoted).
+    output_name, output_folder = "the champion model", "model"
     result_type = TrainMetrics
     depends_on = "stage 2, the code and the training settings"
     result_file = METRICS_FILE
@@ -56,6 +58,13 @@ class Train(Stage[TrainPlan, TrainMetrics]):
     def __init__(self, settings: Settings, progress: object = None) -> None:
         super().__init__(settings, progress)  # type: ignore[arg-type]
         self.version = registry.new_version()  # the name this run's model gets, if it trains one
+
+    @classmethod
+    def after_stop(cls, layout: Layout) -> str:
+        """A stopped training published no version; the champion is what it was."""
+        if cls.is_published(layout):
+            return "no new model version is published, the champion model is unchanged"
+        return "no model version is published and there is no champion model yet"
 
     def outputs(self) -> tuple[str, ...]:
         return (self.layout.version(self.version),)
