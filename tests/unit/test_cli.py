@@ -78,6 +78,7 @@ def test_the_stages_are_declared_once_and_every_list_of_them_follows() -> None:
     for name, stage in STAGES.items():
         stopped = Stopped("interrupted (Ctrl-C)", 130)
         stopped.stage = name
-        said = stopping.line(stopped, Layout("/nowhere"))
+        layout = Layout("/nowhere")
+        said = stopping.line(stopped, layout)
         assert said.startswith(f"interrupted (Ctrl-C) during {name}"), said
-        assert stage.output_folder is None or stage.output_name in said, said
+        assert (after := stage.after_stop(layout)) is None or f"during {name}: {after}; " in said, said
