@@ -89,3 +89,16 @@ def test_a_run_takes_every_setting_its_parameters_leave_out_from_the_environment
         explicit = {k: v for k, v in given.items() if k in Settings.model_fields and v is not None}
         expected = from_environment.model_copy(update=Settings(**explicit).model_dump(include=set(explicit)))
         assert pipeline.run_settings({**defaults, **given}) == expected, deployment["name"]
+
+
+def test_each_whole_pipeline_deployment_writes_an_output_of_its_own() -> None:
+    """sample and daily once shared `out: output`: each run flipped stages 1 and 2 between the two
+    sources, and the daily model was gated against the sample's."""
+    import yaml
+
+    deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
+    whole = [d for d in deployments if d["entrypoint"].endswith(":stock_pipeline")]
+    outs = [Settings(out=d["parameters"]["out"]).out for d in whole]
+    assert len(whole) >= 2 and len(set(outs)) == len(outs), outs
+    sources = {d["parameters"]["out"]: d["parameters"]["source"] for d in whole}
+    assert len(set(sources.values())) == len(sources), sources
