@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import TaskRun
 from prefect.exceptions import Abort
+from prefect.logging.handlers import APILogWorker
 from prefect.runtime import deployment, flow_run
 from prefect.states import Cancelled, Failed, State
 from pydantic import BaseModel
@@ -155,6 +156,10 @@ class Stages:
         ray.shutdown()  # before the interpreter's exit, which a live Ray driver can abort
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(flow_run.id, state, force=True)
+        # The process ends with the Abort. The line an operator reads (the stopped task's final
+        # state, which Prefect logs) is then still in the log worker's queue, sent in batches: it
+        # is on the server before the process goes, not lost with it about one time in three.
+        APILogWorker.drain_all(timeout=30)
         aborted = Abort(message)
         aborted.state = state  # type: ignore[attr-defined]  # the engine keeps it, as recorded
         raise aborted
