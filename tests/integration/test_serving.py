@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bento.service import MAX_BATCH
+from compute.settings import PROJECT_ROOT
 from harness.procs import free_port, start_server, stop
 
 
@@ -322,12 +323,15 @@ def prometheus_query(url: str, query: str) -> list[dict[str, Any]]:
 def test_prometheus_scrapes_the_version_the_inputs_the_answers_and_the_refusals(
     served: str, sample_run: dict[str, Any], tmp_path: Path
 ) -> None:
-    """A real Prometheus (Debian's) scraping /metrics every second, asked through its query API."""
-    target = served.removeprefix("http://")
-    (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s}\n"
-        f"scrape_configs: [{{job_name: stockpipe, static_configs: [{{targets: ['{target}']}}]}}]\n"
-    )
+    """A real Prometheus (Debian's) with the shipped configuration (deploy/prometheus.yml, its
+    alert rules loaded) scraping /metrics every second, asked through its query API."""
+    import yaml
+
+    config = yaml.safe_load((PROJECT_ROOT / "deploy" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["scrape_configs"][0]["static_configs"] = [{"targets": [served.removeprefix("http://")]}]
+    config["rule_files"] = [str(PROJECT_ROOT / "deploy" / name) for name in config["rule_files"]]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     config, tsdb = tmp_path / "prometheus.yml", tmp_path / "tsdb"
     command = ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tsdb}",
@@ -382,5 +386,26 @@ def test_prometheus_scrapes_the_version_the_inputs_the_answers_and_the_refusals(
         assert prometheus_query(
             url, "histogram_quantile(0.5, sum by (le) (stockpipe_predicted_volume_bucket))"
         )
+        deadline = time.monotonic() + 30
+        while True:  # the rules are loaded and evaluated: the service is up, nothing fires
+            groups = httpx.get(f"{url}/api/v1/rules").json()["data"]["groups"]
+            rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
+            assert {"StockpipeInputDrift", "StockpipeDown"} <= set(rules), list(rules)
+            if all(rule["health"] == "ok" for rule in rules.values()):
+                break
+            assert time.monotonic() < deadline, rules
+            time.sleep(0.5)
+        assert rules["StockpipeDown"]["state"] == "inactive"
     finally:
         stop(prometheus)
+
+
+def test_the_shipped_alert_rules_fire_when_they_should() -> None:
+    """deploy/stockpipe-alerts.yml under Prometheus's own rule tests: live drift above 0.2 for 15
+    minutes, and a service that stops answering, fire; drift below it, or shorter, does not."""
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    deploy = PROJECT_ROOT / "deploy"
+    for command in (["check", "config", "prometheus.yml"], ["test", "rules", "stockpipe-alerts.test.yml"]):
+        done = subprocess.run(["promtool", *command], cwd=deploy, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
