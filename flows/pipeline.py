@@ -144,7 +144,12 @@ class Stages:
         """The flow's result, or its final state after a stop. In a deployment run (a worker's
         process, whose engine asks for the flow's result and would take a returned Cancelled
         state for a failure of its own) the state is recorded here and the run ends with
-        Prefect's Abort, which its engine answers by exiting the process cleanly."""
+        Prefect's Abort, which its engine answers by exiting the process cleanly.
+
+        Either way, everything the run logged is sent to the server first: Prefect sends logs in
+        batches from a worker thread, so the last lines (the gate's, a stopped stage's) could reach
+        the server after the run's final state, or, when the process ends with the Abort, never."""
+        APILogWorker.drain_all(timeout=30)
         if self.stopped is None:
             return result
         message = self.stopped.message
@@ -156,10 +161,6 @@ class Stages:
         ray.shutdown()  # before the interpreter's exit, which a live Ray driver can abort
         with get_client(sync_client=True) as client:
             client.set_flow_run_state(flow_run.id, state, force=True)
-        # The process ends with the Abort. The line an operator reads (the stopped task's final
-        # state, which Prefect logs) is then still in the log worker's queue, sent in batches: it
-        # is on the server before the process goes, not lost with it about one time in three.
-        APILogWorker.drain_all(timeout=30)
         aborted = Abort(message)
         aborted.state = state  # type: ignore[attr-defined]  # the engine keeps it, as recorded
         raise aborted

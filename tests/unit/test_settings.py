@@ -102,3 +102,16 @@ def test_each_whole_pipeline_deployment_writes_an_output_of_its_own() -> None:
     assert len(whole) >= 2 and len(set(outs)) == len(outs), outs
     sources = {d["parameters"]["out"]: d["parameters"]["source"] for d in whole}
     assert len(set(sources.values())) == len(sources), sources
+
+
+def test_the_page_names_every_flow_parameter_that_is_a_setting() -> None:
+    import inspect
+
+    from flows import pipeline
+
+    flows = (pipeline.stock_pipeline, pipeline.ingest_flow, pipeline.features_flow, pipeline.train_flow)
+    parameters = {p for f in flows for p in inspect.signature(f.fn).parameters if p in Settings.model_fields}
+    sentence = (
+        DOC.read_text().split("its worker's environment, and its")[1].split("comes from the environment")[0]
+    )
+    assert parameters == set(re.findall(r"`(\w+)`", sentence)) - {"stop_after"}, sentence
