@@ -14,13 +14,18 @@ BentoML 1.4 deprecates its `bentoml.metrics` wrapper for this client, imported o
 has set PROMETHEUS_MULTIPROC_DIR, so Meters is made in the worker (VolumeService.__init__).
 Histogram buckets are fixed for a process's life: they are the bins of the model it started with.
 After a model swap the PSI gauges use the new model's bins.
+
+A request only appends its numbers to a queue; a thread of each worker adds the queue to the
+series every FLUSH_SECONDS, in bulk. prometheus_client's multiprocess values check the process id
+and take a lock on every increment: observed one request at a time, the six increments of a
+one-row answer cost about 5% of GET /predict's throughput (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_right
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -33,6 +38,8 @@ DECADES = [10.0**k for k in range(0, 11)]  # buckets when a model's card has no 
 BATCH_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000)
 WINDOW_SECONDS = 300  # the live PSI covers the last one to two such windows
 MIN_INPUTS = 200  # fewer inputs in the window than this: no PSI (NaN), it would only be noise
+FLUSH_SECONDS = 0.5  # how late /metrics may show a request
+PSI_SECONDS = 10  # how often the PSI gauges are updated
 
 
 def observe_many(histogram: Any, values: np.ndarray) -> None:
@@ -59,9 +66,6 @@ class LiveDrift:
         self.current = np.zeros(len(bins.shares), dtype=np.int64)
         self.previous = np.zeros_like(self.current)
         self.started = time.monotonic()
-
-    def add_one(self, value: float) -> None:
-        self.current[bisect_right(self.edges, value)] += 1
 
     def add_many(self, values: np.ndarray) -> None:
         self.current += drift.counts_in(self.bins, values)
@@ -113,8 +117,9 @@ class Meters:
         )  # fmt: skip
         self.version: str | None = None
         self.live: dict[str, LiveDrift] = {}
+        self.pending: deque[tuple[float, float, int]] = deque()  # one-row answers not yet observed
         self.serving(card)
-        threading.Thread(target=self._update_psi, name="live-psi", daemon=True).start()
+        threading.Thread(target=self._keep, name="meters", daemon=True).start()
 
     def serving(self, card: ModelCard) -> None:
         """The model that answers from now on: its version, and its bins for the live PSI."""
@@ -126,16 +131,21 @@ class Meters:
         self.live = {name: LiveDrift(bins[name]) for name in FEATURE_COLUMNS if name in bins}
 
     def one(self, vol_moving_avg: float, adj_close_rolling_med: float, predicted: int) -> None:
-        self.inputs["vol_moving_avg"].observe(vol_moving_avg)
-        self.inputs["adj_close_rolling_med"].observe(adj_close_rolling_med)
-        self.predicted.observe(predicted)
-        live = self.live
-        if live:
-            live["vol_moving_avg"].add_one(vol_moving_avg)
-            live["adj_close_rolling_med"].add_one(adj_close_rolling_med)
+        """A one-row answer, observed at the next flush (deque.append is safe across threads)."""
+        self.pending.append((vol_moving_avg, adj_close_rolling_med, predicted))
+
+    def flush(self) -> None:
+        """Observe the one-row answers queued so far, at once."""
+        rows = [self.pending.popleft() for _ in range(len(self.pending))]
+        if rows:
+            table = np.array(rows, dtype=np.float64)
+            self._observe(table[:, :2], table[:, 2])
 
     def many(self, features: np.ndarray, predicted: np.ndarray) -> None:
         self.batch_rows.observe(len(features))
+        self._observe(features, predicted)
+
+    def _observe(self, features: np.ndarray, predicted: np.ndarray) -> None:
         for i, name in enumerate(FEATURE_COLUMNS):
             observe_many(self.inputs[name], features[:, i])
             if name in self.live:
@@ -144,15 +154,47 @@ class Meters:
 
     def refused(self, problems: list[tuple[str, str]]) -> None:
         """Count bad inputs: (field, problem) with item numbers taken out of the field, so that
-        `instances[3].vol_moving_avg` and `instances[7].vol_moving_avg` are one series."""
+        `instances[3].vol_moving_avg` and `instances[7].vol_moving_avg` are one series, and any
+        name the service does not know as `other`: a client's own key must not become a series
+        (a fuzzer's thousands of keys once made the page too big to scrape)."""
         for field, problem in problems:
-            self.rejected.labels(field=_without_items(field), problem=problem).inc()
+            self.rejected.labels(field=_series_field(field), problem=problem).inc()
 
-    def _update_psi(self) -> None:
+    def _keep(self) -> None:
+        """Flush every FLUSH_SECONDS; update the PSI gauges every PSI_SECONDS."""
+        psi_due = time.monotonic() + PSI_SECONDS
         while True:
-            time.sleep(10)
-            for name, live in list(self.live.items()):
-                self.psi.labels(feature=name).set(live.psi())
+            time.sleep(FLUSH_SECONDS)
+            self.flush()
+            if time.monotonic() >= psi_due:
+                psi_due += PSI_SECONDS
+                for name, live in list(self.live.items()):
+                    self.psi.labels(feature=name).set(live.psi())
+
+
+class NoMeters:
+    """Meters turned off (the service's `metrics` argument false): the same calls, doing nothing."""
+
+    def serving(self, card: ModelCard) -> None: ...
+
+    def one(self, vol_moving_avg: float, adj_close_rolling_med: float, predicted: int) -> None: ...
+
+    def many(self, features: np.ndarray, predicted: np.ndarray) -> None: ...
+
+    def refused(self, problems: list[tuple[str, str]]) -> None: ...
+
+
+FIELD_NAMES = {"body", "instances", "inputs", *FEATURE_COLUMNS}  # what the routes take
+
+
+def _series_field(field: str) -> str:
+    """`instances[7].vol_moving_avg` -> `instances[].vol_moving_avg`; `instances[0].colour` ->
+    `instances[].other`."""
+    parts = []
+    for part in _without_items(field).split("."):
+        name = part.split("[")[0]
+        parts.append((name if name in FIELD_NAMES else "other") + part[len(name) :])
+    return ".".join(parts)
 
 
 def _without_items(field: str) -> str:

@@ -4,6 +4,7 @@
     POST /predict        {"vol_moving_avg": 51318, "adj_close_rolling_med": 216}
     POST /predict_batch  {"instances": [{"vol_moving_avg": ..., "adj_close_rolling_med": ...}, ...]}
                          -> {"predictions": [int, ...]}
+                         {"inputs": [[vol_moving_avg, adj_close_rolling_med], ...]} -> {"outputs": [...]}
     GET  /metrics        Prometheus: BentoML's request metrics and the service's (bento/metrics.py)
     GET  /model          which model answers: tag, features, training window, holdout metrics, ...
 
@@ -36,17 +37,19 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, Field, Strict, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import TypedDict
 
 from bento import timeout
 from bento.connections import KeepAliveRequests
-from bento.metrics import Meters
+from bento.metrics import Meters, NoMeters
+from bento.onerow import OneRow
 from compute import model as contract
 from compute import publish
 from compute.layout import Layout
 from compute.metrics import Metrics
+from compute.schema import FEATURE_COLUMNS
 from compute.settings import get_settings
 
 # Where the champion to follow is (an --out location) and how often to look: settings, from the
@@ -79,8 +82,10 @@ AdjCloseMedian = Annotated[
 class ServiceArguments(BaseModel):
     model_tag: str = f"{contract.MODEL_NAME}:latest"
     # BentoML's access log: a line per request, off by default for what it costs in throughput
-    # (docs/performance.md). Prometheus metrics (/metrics) stay on.
+    # (docs/performance.md).
     access_log: bool = False
+    # The service's own Prometheus series (bento/metrics.py); BentoML's request metrics at /metrics
+    # stay on either way.
     metrics: bool = True
 
 
@@ -112,14 +117,47 @@ class Instance(TypedDict):
     adj_close_rolling_med: JsonAdjCloseMedian
 
 
-class Batch(BaseModel):
-    """Rows as objects, the convention of TF Serving and Vertex AI: every rule is in the schema."""
+class Instances(BaseModel):
+    """Rows as objects: TF Serving's row format (Vertex AI's too)."""
 
+    model_config = ConfigDict(extra="forbid")
     instances: Annotated[list[Instance], Field(min_length=1, max_length=MAX_BATCH)]
 
 
+# One row as a pair, in FEATURE_COLUMNS' order.
+Row = tuple[JsonVolMovingAvg, JsonAdjCloseMedian]
+
+
+class Inputs(BaseModel):
+    """The feature matrix as one tensor, a pair per row: TF Serving's columnar format for a model
+    whose one input is that [n, 2] matrix. A third of the bytes of instances, and parsed without a
+    key per number. (Named columns, {"inputs": {"vol_moving_avg": [...], ...}}, would need their
+    lengths to be equal, which an OpenAPI document cannot say.)"""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Annotated[list[Row], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+def _body_kind(body: Any) -> str:
+    """Which of the two a body is meant to be, so that its errors are that one's alone."""
+    return (
+        "inputs" if isinstance(body, dict) and "inputs" in body and "instances" not in body else "instances"
+    )
+
+
+Batch = TypeAdapter(
+    Annotated[
+        Annotated[Instances, Tag("instances")] | Annotated[Inputs, Tag("inputs")], Discriminator(_body_kind)
+    ]
+)
+
+
 class Predictions(BaseModel):
-    predictions: list[int] = Field(description="the predicted volume of each instance, in order")
+    predictions: list[int] = Field(description="for instances: the predicted volume of each, in order")
+
+
+class Outputs(BaseModel):
+    outputs: list[int] = Field(description="for inputs: the predicted volume of each row, in order")
 
 
 class Problem(BaseModel):
@@ -247,7 +285,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     traffic={"timeout": 30},
     http={"host": "127.0.0.1", "port": 3000},
     logging={"access": {"enabled": arguments.access_log}},
-    metrics={"enabled": arguments.metrics},
+    metrics={"enabled": True},
+    # BentoML wraps every request in OpenTelemetry spans (a server span, one per response message)
+    # whether or not a trace exporter is configured: a quarter of GET /predict's time. Unless asked
+    # for, every path is excluded from tracing, which the middleware then passes straight through.
+    tracing={"excluded_urls": [] if SETTINGS.serve_tracing else [".*"]},
 )
 @bentoml.asgi_app(http, path="/")
 class VolumeService:
@@ -257,7 +299,7 @@ class VolumeService:
         self.ready = False
         booster, card = contract.load(Path(self.model_ref.path))
         self.serving = _serving(str(self.model_ref.tag), booster, card)
-        self.meters = Meters(card)
+        self.meters = Meters(card) if arguments.metrics else NoMeters()
 
     @bentoml.on_startup
     def _settle(self) -> None:
@@ -304,14 +346,8 @@ class VolumeService:
                     )
                     said = str(exc)
 
-    def answer(self, instances: list[Instance]) -> list[int]:
-        """A batch's predicted volumes, counted in /metrics."""
-        values = np.fromiter(
-            (v for row in instances for v in (row["vol_moving_avg"], row["adj_close_rolling_med"])),
-            np.float64,
-            2 * len(instances),
-        )
-        features = contract.feature_matrix(values[0::2], values[1::2])
+    def answer(self, features: np.ndarray) -> list[int]:
+        """A batch's predicted volumes (features: n rows in feature_matrix's order), counted in /metrics."""
         serving = self.serving
         volume = np.rint(contract.predict_volume(serving.booster, serving.card, features)).astype(np.int64)
         self.meters.many(features, volume)
@@ -325,8 +361,8 @@ class VolumeService:
 
     def predict_one(self, vol_moving_avg: float, adj_close_rolling_med: float) -> int:
         serving = self.serving
-        features = contract.feature_matrix(vol_moving_avg, adj_close_rolling_med)  # one row
-        return int(np.rint(contract.predict_volume(serving.single, serving.card, features)[0]))
+        raw = serving.one_row(vol_moving_avg, adj_close_rolling_med)  # feature_matrix's order
+        return int(np.rint(contract.to_volume(raw, vol_moving_avg, serving.card.target_transform)))
 
 
 @dataclass(frozen=True)
@@ -334,17 +370,19 @@ class Serving:
     """The model the routes use, replaced whole when a followed champion changes."""
 
     booster: xgb.Booster
-    single: xgb.Booster  # the same model on one thread: one row gains nothing from more
+    one_row: OneRow  # the same model on one thread, through XGBoost's C API (bento/onerow.py)
     card: contract.ModelCard
     info: ModelInfo
 
 
 def _serving(tag: str, booster: xgb.Booster, card: contract.ModelCard) -> Serving:
+    if card.features != list(FEATURE_COLUMNS):
+        raise ValueError(f"model expects features {card.features}, not {list(FEATURE_COLUMNS)}")
     booster.set_param({"nthread": os.cpu_count() or 1})  # training saved its per-worker count
     single = booster.copy()
-    single.set_param({"nthread": 1})
-    serving = Serving(booster, single, card, _model_info(tag, card))
-    contract.predict_volume(single, card, contract.feature_matrix(51318.0, 216.0))  # warm, before use
+    single.set_param({"nthread": 1})  # one row gains nothing from more
+    serving = Serving(booster, OneRow(single, len(FEATURE_COLUMNS)), card, _model_info(tag, card))
+    serving.one_row(51318.0, 216.0)  # warm, before use
     return serving
 
 
@@ -383,23 +421,36 @@ async def predict_post(features: FeaturesBody) -> Response:
 @http.post(
     "/predict_batch",
     summary="Predicted volumes for a batch of rows (up to 100,000), vectorised",
-    response_model=Predictions,
+    response_model=Predictions | Outputs,
     responses=ERRORS,
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": _inline(Batch.model_json_schema())}},
+            "content": {"application/json": {"schema": _inline(Batch.json_schema())}},
         }
     },
 )
 async def predict_batch(request: Request) -> Response:
-    # Parsed and checked in one step by pydantic's own JSON parser.
+    # Parsed and checked in one step by pydantic's own JSON parser; an error's location starts
+    # with the body's kind (the union's tag), which the field names leave out.
     try:
-        batch = Batch.model_validate_json(await request.body())
+        batch = Batch.validate_json(await request.body())
     except ValidationError as exc:
-        return _refuse(exc.errors(include_url=False), skip=0)
-    volumes = await run_in_threadpool(_service().answer, batch.instances)
-    return _json({"predictions": volumes})
+        return _refuse(exc.errors(include_url=False), skip=1)
+    if isinstance(batch, Inputs):
+        features = np.array(batch.inputs, dtype=np.float64).reshape(-1, len(FEATURE_COLUMNS))
+        return _json({"outputs": await run_in_threadpool(_service().answer, features)})
+    features = _feature_rows(batch.instances)
+    return _json({"predictions": await run_in_threadpool(_service().answer, features)})
+
+
+def _feature_rows(instances: list[Instance]) -> np.ndarray:
+    values = np.fromiter(
+        (v for row in instances for v in (row["vol_moving_avg"], row["adj_close_rolling_med"])),
+        np.float64,
+        2 * len(instances),
+    )
+    return contract.feature_matrix(values[0::2], values[1::2])
 
 
 @http.get(

@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     serve_access_log: bool = Field(
         False, description="BentoML's access log, a line per request (its cost: docs/performance.md)"
     )
+    serve_tracing: bool = Field(
+        False,
+        description="BentoML's OpenTelemetry spans for every request, for a trace exporter configured "
+        "in BentoML's configuration (they cost about a quarter of GET /predict's throughput: "
+        "docs/performance.md)",
+    )
     serve_follow: str | None = Field(
         None,
         description="an output whose champion the service follows, swapping models in place when "

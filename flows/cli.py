@@ -103,7 +103,8 @@ def _serve(args: argparse.Namespace, layout: Layout) -> int:
         f"of {layout.root} (checked every {settings.serve_follow_seconds:g} s)",
         flush=True,
     )
-    command = [sys.executable, "-m", "bentoml", "serve", "bento.service:VolumeService",
+    # bento/serve.py: `bentoml serve`, with a metrics folder that another server cannot empty.
+    command = [sys.executable, "-m", "bento.serve", "bento.service:VolumeService",
                "--arg", f"model_tag={tag}", "--arg", f"access_log={str(settings.serve_access_log).lower()}",
                "--host", settings.serve_host, "--port", str(settings.serve_port),
                "--working-dir", str(PROJECT_ROOT)]  # fmt: skip
