@@ -23,9 +23,11 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -145,6 +147,8 @@ def _body_kind(body: Any) -> str:
     )
 
 
+# The key a body starts with, when it is plainly one of the two (no escapes in it).
+FIRST_KEY = re.compile(rb'\s*\{\s*"(instances|inputs)"\s*:')
 Batch = TypeAdapter(
     Annotated[
         Annotated[Instances, Tag("instances")] | Annotated[Inputs, Tag("inputs")], Discriminator(_body_kind)
@@ -431,12 +435,20 @@ async def predict_post(features: FeaturesBody) -> Response:
     },
 )
 async def predict_batch(request: Request) -> Response:
-    # Parsed and checked in one step by pydantic's own JSON parser; an error's location starts
-    # with the body's kind (the union's tag), which the field names leave out.
+    # Parsed and checked in one step by pydantic's own JSON parser, as the model its first key
+    # names; any other body through the union, whose Python discriminator needs it parsed first
+    # (half as slow again), and whose errors start with the body's kind (the union's tag).
+    body = await request.body()
+    kind = FIRST_KEY.match(body)
     try:
-        batch = Batch.validate_json(await request.body())
+        if kind:
+            batch: Instances | Inputs = (Inputs if kind[1] == b"inputs" else Instances).model_validate_json(
+                body
+            )
+        else:
+            batch = Batch.validate_json(body)
     except ValidationError as exc:
-        return _refuse(exc.errors(include_url=False), skip=1)
+        return _refuse(exc.errors(include_url=False), skip=0 if kind else 1)
     if isinstance(batch, Inputs):
         features = np.array(batch.inputs, dtype=np.float64).reshape(-1, len(FEATURE_COLUMNS))
         return _json({"outputs": await run_in_threadpool(_service().answer, features)})
@@ -445,12 +457,13 @@ async def predict_batch(request: Request) -> Response:
 
 
 def _feature_rows(instances: list[Instance]) -> np.ndarray:
-    values = np.fromiter(
-        (v for row in instances for v in (row["vol_moving_avg"], row["adj_close_rolling_med"])),
-        np.float64,
-        2 * len(instances),
+    """The rows' features, a column at a time (C loops over the dicts, no Python one)."""
+    return contract.feature_matrix(
+        *[
+            np.fromiter(map(itemgetter(name), instances), np.float64, len(instances))
+            for name in FEATURE_COLUMNS
+        ]
     )
-    return contract.feature_matrix(values[0::2], values[1::2])
 
 
 @http.get(
