@@ -156,7 +156,9 @@ def test_batch_over_the_limit_is_refused(served: str) -> None:
     assert_clear_4xx(r, "instances", f"at most {MAX_BATCH}")
 
 
-def test_readiness_and_openapi_list_every_route(served: str) -> None:
+def test_probes_and_openapi_list_every_route(served: str) -> None:
+    # The probes docs/deploying.md gives to Kubernetes: BentoML's own routes, ready by the service.
+    assert httpx.get(f"{served}/livez").status_code == 200
     assert httpx.get(f"{served}/readyz").status_code == 200
     document = httpx.get(f"{served}/docs.json").json()
     paths = document["paths"]
