@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,12 @@ def _serve(args: argparse.Namespace, layout: Layout) -> int:
     settings = get_settings(
         serve_host=args.host, serve_port=args.port, serve_access_log=args.access_log or None
     )
+    if busy := _port_in_use(settings.serve_host, settings.serve_port):
+        return _fail(
+            f"cannot serve on {settings.serve_host}:{settings.serve_port}: {busy}; another server "
+            f"holds it (`ss -ltnp | grep :{settings.serve_port}` shows which): stop it, or use --port",
+            code=1,
+        )
     tag = register_model(layout.model)
     os.environ[environment_variables("serve_follow")[0]] = layout.root  # read by bento/service.py
     print(
@@ -109,6 +116,19 @@ def _serve(args: argparse.Namespace, layout: Layout) -> int:
                "--host", settings.serve_host, "--port", str(settings.serve_port),
                "--working-dir", str(PROJECT_ROOT)]  # fmt: skip
     os.execv(sys.executable, command)  # replaces this process, so signals reach the server directly
+
+
+def _port_in_use(host: str, port: int) -> str | None:
+    """Why the server could not listen there, asked before it starts: BentoML's own answer is a
+    traceback. (A server that takes the port in between still gets that.)"""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # As the server binds: a port whose last connections are in TIME_WAIT is free to it.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _containerize(args: argparse.Namespace, layout: Layout) -> int:

@@ -177,6 +177,20 @@ def test_probes_and_openapi_list_every_route(served: str) -> None:
     assert set(document["components"]["schemas"]["ErrorBody"]["properties"]) == {"error", "problems"}
 
 
+def test_a_second_server_on_a_taken_port_is_refused_in_one_line(
+    served: str, sample_run: dict[str, Any]
+) -> None:
+    port = served.rsplit(":", 1)[1]
+    command = [sys.executable, "-m", "flows.cli", "serve", "--out", str(sample_run["out"]), "--port", port]
+    r = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"stockpipe: error: cannot serve on 127.0.0.1:{port}: Address already in use; another server "
+        f"holds it (`ss -ltnp | grep :{port}` shows which): stop it, or use --port"
+    ]
+    assert httpx.get(f"{served}/readyz").status_code == 200  # the first server still answers
+
+
 def test_another_method_is_a_405_in_the_same_shape_with_the_methods_it_takes(served: str) -> None:
     r = httpx.put(f"{served}/predict", json={})
     assert r.status_code == 405 and r.headers["allow"] == "GET, POST"
