@@ -101,7 +101,6 @@ def _run_task(config: dict[str, Any], layout: Layout) -> None:
         num_gpus=layout.resources.get("GPU", 0),
         max_retries=0,
         scheduling_strategy=NodeAffinitySchedulingStrategy(layout.node, soft=False) if layout.node else None,
-        # runtime_env={"env_vars": {"OMP_NUM_THREADS": str(layout.threads)}},
     )
     ref = remote.remote(config)
     try:
