@@ -20,8 +20,11 @@ LIMIT = 64 << 20
 
 
 def no_credentials(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE_")}
-    return {**env, "HOME": str(tmp / "home"), "KAGGLE_CONFIG_DIR": str(tmp / "home" / ".kaggle")}
+    """No Kaggle credentials, and no zip already downloaded: a verified copy in the project's
+    data/downloads (a user's, or this machine's) would be used without asking Kaggle."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAGGLE_", "STOCKPIPE_"))}
+    home = {"HOME": str(tmp / "home"), "KAGGLE_CONFIG_DIR": str(tmp / "home" / ".kaggle")}
+    return {**env, **home, "STOCKPIPE_DOWNLOAD_DIR": str(tmp / "downloads")}
 
 
 def stockpipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
