@@ -16,29 +16,21 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
+from bench.serve import QUERY, wrk
+from harness.procs import free_port, start_server, stop
 
-from bench.serve import wrk
 
-
-def serve(out: str, port: int, tracing: bool) -> subprocess.Popen:
+def serve(out: str, log: Path, tracing: bool) -> tuple[str, subprocess.Popen]:
+    """`stockpipe serve` on a free loopback port, BentoML's spans on or off; its URL once ready."""
+    port = free_port()
     env = {**os.environ, "STOCKPIPE_SERVE_TRACING": str(tracing).lower()}
     command = [sys.executable, "-m", "flows.cli", "serve", "--out", out, "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise SystemExit(f"the server on port {port} did not become ready in 120 s")
+    return start_server(command, port, log, env=env)
 
 
 def package(frame: str) -> str | None:
@@ -80,13 +72,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--results", type=Path, default=Path("bench/results/serve-profile"))
-    parser.add_argument("--port", type=int, default=3917)
     args = parser.parse_args()
     args.results.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{args.port}/predict?vol_moving_avg=51318&adj_close_rolling_med=216"
     for tracing in (True, False):
         name = f"tracing-{'on' if tracing else 'off'}"
-        server = serve(args.out, args.port, tracing)
+        base, server = serve(args.out, Path(tempfile.gettempdir()) / f"serve-profile-{name}.log", tracing)
+        url = f"{base}{QUERY}"
         try:
             wrk(url, 8, 3)  # warm-up
             svg, raw = args.results / f"{name}.svg", args.results / f"{name}.txt"
@@ -99,8 +90,7 @@ def main() -> None:
                 if recorder.returncode:
                     raise SystemExit(f"py-spy failed: {error.strip()}")
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            stop(server)
         total, owners = self_time(raw)
         print(f"{name}: {load['rps']:,.0f} req/s under py-spy; {total:,} request-path samples, ran:")
         for owner, samples in owners.most_common(10):
