@@ -4,17 +4,14 @@ terminal when stdout is one (plain log lines otherwise)."""
 
 from __future__ import annotations
 
-import sys
 import time
-from contextlib import ExitStack
 from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-from rich.progress import Progress as Bars
 
 from compute.cluster import Progress
+from flows.terminal import Bars
 
 ARTIFACT_EVERY_SECONDS = 0.5  # each update is a call to the Prefect API
 
@@ -27,31 +24,18 @@ class StageProgress:
         self.stage = stage
         self.artifact: UUID | None = None
         self.updated = 0.0
-        self.bars: Bars | None = None
-        self.bar_ids: dict[str, int] = {}
-        self.exits = ExitStack()
+        self.bars = Bars()
         self.progress = Progress(get_run_logger().info, self._tasks)
 
     def __enter__(self) -> Progress:
-        if sys.stdout.isatty():
-            self.bars = self.exits.enter_context(
-                Bars(
-                    TextColumn("{task.description:>12}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                )
-            )
+        self.bars.__enter__()
         return self.progress
 
     def __exit__(self, *exc: object) -> None:
-        self.exits.close()
+        self.bars.__exit__(*exc)
 
     def _tasks(self, label: str, done: int, total: int) -> None:
-        if self.bars is not None:
-            if label not in self.bar_ids:
-                self.bar_ids[label] = self.bars.add_task(label, total=total)
-            self.bars.update(self.bar_ids[label], completed=done)
+        self.bars.update(label, done, total)
         percent = 100.0 * done / max(total, 1)
         if self.artifact is None:
             self.artifact = create_progress_artifact(

@@ -116,7 +116,10 @@ class PrefectServer:
         process, self.process = self.process, None
         if process is None:
             return
-        self._log.info(f"Stopping temporary server on {self.url.removesuffix('/api')}")
+        from compute import stop
+
+        if stop.requested() is None:  # after a stop, its line is the last one the command writes
+            self._log.info(f"Stopping temporary server on {self.url.removesuffix('/api')}")
         process.terminate()
         try:
             process.wait(timeout=5)
@@ -192,7 +195,7 @@ def _quiet(on: bool) -> None:
 def _watch(url: str, out: str, wait_seconds: float) -> None:
     from compute import publish, stop
     from compute.layout import Layout
-    from flows import stopping
+    from flows import stopping, terminal
 
     silent_since: float | None = None
     while True:
@@ -222,7 +225,7 @@ def _watch(url: str, out: str, wait_seconds: float) -> None:
         publish.remove_every_leftover(out)
         # Straight to the file: a stage's progress bar may hold sys.stderr (rich wraps and buffers
         # it), and nothing is flushed after os._exit.
-        os.write(2, f"stockpipe: {stopping.line(stopped, Layout(out))}\n".encode())
+        terminal.alone(stopping.line(stopped, Layout(out)))
         os._exit(75)
 
 

@@ -21,33 +21,63 @@ from types import FrameType
 
 from compute import stop
 from compute.layout import Layout
+from flows import terminal
 from flows.stages import STAGES
 
 SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
-def on_signal(signum: int, _frame: FrameType | None) -> None:
+def on_signal(signum: int) -> None:
     name = SIGNALS.get(signal.Signals(signum), signal.Signals(signum).name)
     if not stop.request(stop.Stopped(f"interrupted ({name})", code=128 + signum)):
         # The second: at once. The kernel releases the run's lock, the children stop with this
         # process, and the next run removes the staging folder.
-        os.write(2, f"stockpipe: {name} again: stopping at once\n".encode())
+        terminal.alone(f"{name} again: stopping at once")
         os._exit(128 + signum)
+
+
+def _noted(_signum: int, _frame: FrameType | None) -> None:
+    """The Python-level handler: the signal was already written to the wakeup pipe, which `_watch`
+    reads; installing a handler is what makes CPython catch the signal at all."""
+
+
+def _watch(pipe: int) -> None:
+    """Every signal, as the C-level handler wrote it to the wakeup pipe, one byte each, until the
+    pipe closes."""
+    with os.fdopen(pipe, "rb", buffering=0) as signals:
+        while received := signals.read(1):
+            if signal.Signals(received[0]) in SIGNALS:
+                on_signal(received[0])
 
 
 @contextmanager
 def handled() -> Iterator[None]:
     """SIGINT and SIGTERM stop the run while the block runs (main thread only: elsewhere the
-    process's own handlers stay)."""
+    process's own handlers stay).
+
+    A Python signal handler runs on the main thread, between two of its bytecodes: while that
+    thread waits (a quarter of a second between a fit's polls) the kernel may deliver the signal
+    to another thread, and a second signal before the handler ran is the same call: two Ctrl-Cs a
+    twentieth of a second apart stopped the run in order, as if pressed once. CPython's wakeup
+    pipe gets one byte per signal, from whichever thread caught it, at once; a thread of its own
+    reads it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = {s: signal.signal(s, on_signal) for s in SIGNALS}
+    read, write = os.pipe()
+    os.set_blocking(write, False)  # the C handler must never block on it
+    before = {s: signal.signal(s, _noted) for s in SIGNALS}
+    wakeup = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=_watch, args=(read,), name="stockpipe-signals", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
+        signal.set_wakeup_fd(wakeup)
         for s, handler in before.items():
             signal.signal(s, handler)
+        os.close(write)  # the watcher reads what is left, and ends
+        watcher.join(timeout=5)
 
 
 def line(stopped: stop.Stopped, layout: Layout) -> str:

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import signal
 import time
 from pathlib import Path
+
+# A terminal on which rich draws progress bars live, in colour (on a dumb one it draws them once, at
+# the end): what a person's terminal is.
+DRAWING = "xterm-256color"
 
 
 class Terminal:
@@ -63,7 +68,8 @@ class Terminal:
         return self.status is not None
 
     def wait(self, timeout: float) -> int:
-        """The exit status (128 + N for a signal N, as a shell says it) within `timeout`."""
+        """The exit status within `timeout`; -N where signal N killed the process (as subprocess
+        says it), so that exiting with 130 and dying of SIGINT are told apart."""
         deadline = time.monotonic() + timeout
         while not self.exited():
             if time.monotonic() > deadline:
@@ -71,10 +77,36 @@ class Terminal:
             self.read(0.1)
         self.read(0.5)
         assert self.status is not None
-        return self.status if self.status >= 0 else 128 - self.status
+        return self.status
 
     def kill(self) -> None:
         if not self.exited():
             os.killpg(self.pid, signal.SIGKILL)
             os.waitpid(self.pid, 0)
         os.close(self.fd)
+
+
+def plain(text: str) -> str:
+    """What a terminal shows, without its escapes (colours, cursor moves)."""
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+def said(text: str) -> list[str]:
+    """The command's own lines: those that start with `stockpipe:` (one run into a progress bar
+    does not)."""
+    return [line for line in plain(text).splitlines() if line.startswith("stockpipe:")]
+
+
+def left_as_found(text: str) -> None:
+    """The terminal as the command found it: the cursor shown after the bars hid it, every colour
+    and style turned off after the last was turned on."""
+    assert text.rfind("\x1b[?25l") < text.rfind("\x1b[?25h") or "\x1b[?25l" not in text, text[-500:]
+    styles = re.findall(r"\x1b\[([0-9;]*)m", text)
+    assert not styles or styles[-1] in ("", "0"), styles[-5:]
+
+
+def last_said(text: str) -> str:
+    """The command's last line, which must be the last thing it wrote."""
+    lines = [line for line in plain(text).splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("stockpipe:"), text[-1000:]
+    return lines[-1]
