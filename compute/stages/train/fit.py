@@ -10,8 +10,9 @@ import io
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -23,6 +24,8 @@ from compute.settings import Settings
 from compute.stages.train import worker
 from compute.stages.train.params import Layout
 from compute.stages.train.results import WorkerResult
+
+T = TypeVar("T")
 
 # Ray Train's own settings, read from the driver's environment and passed on to its controller:
 # poll the workers every 0.25 s instead of 2 s, so that a short fit is not seen finished seconds
@@ -71,7 +74,7 @@ def fit(
     }
     started, began = time.perf_counter(), time.time()
     if layout.kind == "single":
-        _run_task(config, layout)
+        run_alone(worker.train_alone, config, layout, name="train")
     else:
         _run_ray_train(config, layout, work)
     seconds, ended = time.perf_counter() - started, time.time()
@@ -89,14 +92,14 @@ def fit(
     )
 
 
-def _run_task(config: dict[str, Any], layout: Layout) -> None:
-    """One Ray task holding its node's CPUs (and a GPU): it shows on the dashboard as `train`.
-    Its own worker process, started with OMP_NUM_THREADS at its CPUs, so that XGBoost's OpenMP
-    and Arrow use them all (a worker reused from a one-CPU task would keep one thread). Pinned to
-    its node and not retried by Ray: a lost node fails the stage, which Prefect retries
-    (compute/errors.py) on the nodes left."""
-    remote = ray.remote(worker.train_alone).options(
-        name="train",
+def run_alone(work: Callable[[dict[str, Any]], T], config: dict[str, Any], layout: Layout, name: str) -> T:
+    """`work(config)` as one Ray task holding its node's CPUs (and a GPU): it shows on the
+    dashboard as `name`. Its own worker process, started with OMP_NUM_THREADS at its CPUs, so that
+    XGBoost's OpenMP and Arrow use them all (a worker reused from a one-CPU task would keep one
+    thread). Pinned to its node and not retried by Ray: a lost node fails the stage, which Prefect
+    retries (compute/errors.py) on the nodes left."""
+    remote = ray.remote(work).options(
+        name=name,
         num_cpus=layout.resources.get("CPU", 1),
         num_gpus=layout.resources.get("GPU", 0),
         max_retries=0,
@@ -107,7 +110,7 @@ def _run_task(config: dict[str, Any], layout: Layout) -> None:
         while not ray.wait([ref], timeout=stop.POLL_SECONDS)[0]:
             stop.checkpoint()
         stop.checkpoint()
-        ray.get(ref)
+        return ray.get(ref)
     except stop.Stopped:
         ray.cancel(ref, force=True)
         raise

@@ -18,10 +18,8 @@ import json
 import os
 import resource
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -35,26 +33,12 @@ from compute import arrays, drift, storage
 from compute import model as contract
 from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
+from compute.phases import Phases
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.stages.train import split
 from compute.stages.train.results import FitOutcome, FoldOutcome, History, WorkerResult
 
 PLOT_SAMPLE_PER_WORKER = 5_000
-
-
-@dataclass
-class Phases:
-    """Seconds spent in each phase of a worker's work, added up across fits."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def timed(self, phase: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
 
 @dataclass
@@ -249,8 +233,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def train_alone(config: dict[str, Any]) -> None:
-    """The single layout's Ray task: every part, nothing to combine."""
-    train_shard(config, 0, 1, split.alone)
+    """The single layout's Ray task: every part, nothing to combine. A Ray worker keeps the
+    OMP_NUM_THREADS of the first task it ran (1, after a fan-out's), which XGBoost heeds in part
+    whatever `nthread` says; its global thread count overrides it."""
+    with xgb.config_context(nthread=int(config["params"].get("nthread") or os.cpu_count() or 1)):
+        train_shard(config, 0, 1, split.alone)
 
 
 def train_shard(config: dict[str, Any], rank: int, size: int, reduce: split.Reduce) -> None:
