@@ -13,7 +13,8 @@ from pathlib import Path
 import bentoml
 import yaml
 
-from compute import locations
+from bento import forecasts
+from compute import locations, publish, storage
 from compute import model as contract
 from compute.settings import PROJECT_ROOT
 
@@ -49,6 +50,24 @@ def register_model(model_dir: str | Path) -> str:
     return tag
 
 
+def forecast_tag(out: str) -> str | None:
+    """The tag the forecast published in output `out` has (or will have) in the model store:
+    stock-forecast:<its version>; None when there is none."""
+    version = forecasts.version_of(out)
+    return f"{forecasts.FORECAST_MODEL_NAME}:{version}" if version else None
+
+
+def register_forecast(out: str) -> str | None:
+    """Copy the forecast published in output `out` into the model store, once per version; its tag."""
+    tag = forecast_tag(out)
+    if tag is None or find_model(tag):
+        return tag
+    data = publish.data_dir(storage.join(out, "forecast"))
+    with bentoml.models.create(tag, labels={"project": "stockpipe"}) as stored:
+        forecasts.write_files(data, Path(stored.path))
+    return tag
+
+
 def _in_store(get: Callable[[str], object], tag: str) -> bool:
     try:
         get(tag)
@@ -70,10 +89,13 @@ def _bentofile() -> dict:
     return yaml.safe_load(BENTOFILE.read_text())
 
 
-def bento_tag(model: str) -> str:
-    """The Bento's tag, content-addressed: the model plus the build file and every file it includes."""
+def bento_tag(model: str, forecast: str | None = None) -> str:
+    """The Bento's tag, content-addressed: the model and forecast, the build file and every file it
+    includes."""
     config = _bentofile()
     digest = hashlib.sha256(model.encode())
+    if forecast:
+        digest.update(forecast.encode())
     digest.update(BENTOFILE.read_bytes())
     for pattern in config.get("include", []):
         for path in sorted(PROJECT_ROOT.glob(pattern)):
@@ -85,15 +107,16 @@ def find_bento(tag: str) -> bool:
     return _in_store(bentoml.bentos.get, tag)
 
 
-def build_bento(model: str) -> str:
-    """`bentoml build` with bento/bentofile.yaml, the service handed this model as its Bento
-    argument (bento/service.py); return the Bento's tag. A Bento already built from the same model
-    and files is reused."""
-    tag = bento_tag(model)
+def build_bento(model: str, forecast: str | None = None) -> str:
+    """`bentoml build` with bento/bentofile.yaml, the service handed this model (and forecast) as its
+    Bento arguments (bento/service.py); return the Bento's tag. A Bento already built from the same
+    model, forecast and files is reused."""
+    tag = bento_tag(model, forecast)
     if find_bento(tag):
         return tag
     version = tag.split(":", 1)[1]
+    args = {"model_tag": model, **({"forecast_tag": forecast} if forecast else {})}
     bento = bentoml.bentos.build_bentofile(
-        str(BENTOFILE), version=version, build_ctx=str(PROJECT_ROOT), args={"model_tag": model}
+        str(BENTOFILE), version=version, build_ctx=str(PROJECT_ROOT), args=args
     )
     return str(bento.tag)

@@ -6,15 +6,23 @@
                          -> {"predictions": [int, ...]}
                          {"inputs": [[vol_moving_avg, adj_close_rolling_med], ...]} -> {"outputs": [...]}
     GET  /metrics        Prometheus: BentoML's request metrics and the service's (bento/metrics.py)
-    GET  /model          which model answers: tag, features, training window, holdout metrics, ...
+    GET  /model          which model answers: tag, features, training window, holdout metrics, ...,
+                         and which forecast answers /forecast and how it did on the walk-forward
+    GET  /forecast?symbol=AAPL  -> the symbol's volume in the next session, with a 10-90% range
+    POST /forecast       {"symbols": ["AAPL", ...]} -> {"forecasts": [...], "not_found": [...]}
 
 The model (booster + model card) comes from the BentoML model store. Which one is the service's
 Bento argument `model_tag`: `stockpipe serve` passes it (`bentoml serve ... --arg model_tag=TAG`),
 a built Bento records the one it was built with, and a plain `bentoml serve` takes the latest
 `stock-volume`. Another argument, `access_log` (default false), turns BentoML's access log on.
 
-Every route answers bad input with a 400 and one error body (ErrorBody: a message, and each
-problem with its field), which the OpenAPI document (/docs.json) describes; never a 500 or a
+The forecasts come from an output's forecast/ folder when the service follows one (`stockpipe
+serve`), else from the BentoML model store (`forecast_tag`, which a built Bento records): a new
+forecast there is served within serve_follow_seconds, swapped in place like a champion.
+
+Every route answers bad input with one error body (ErrorBody: a message, and each problem with its
+field): 400 for /predict and /predict_batch, 422 for /forecast; a symbol without a forecast is a
+404 that says why. The OpenAPI document (/docs.json) describes them all; never a 500 or a
 traceback for bad input.
 """
 
@@ -43,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Strict, Tag, T
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import TypedDict
 
-from bento import timeout
+from bento import forecasts, timeout
 from bento.connections import KeepAliveRequests
 from bento.metrics import Meters, NoMeters
 from bento.onerow import OneRow
@@ -89,6 +97,9 @@ class ServiceArguments(BaseModel):
     # The service's own Prometheus series (bento/metrics.py); BentoML's request metrics at /metrics
     # stay on either way.
     metrics: bool = True
+    # The forecast table in the model store (stock-forecast:<version>), for a service that does
+    # not follow an output; empty: none.
+    forecast_tag: str = ""
 
 
 arguments = bentoml.use_arguments(ServiceArguments)
@@ -201,12 +212,21 @@ class ModelInfo(BaseModel):
     trained: str = Field(description="when it was trained (UTC)")
     model_sha256: str | None
     data_hash: str
+    forecast: forecasts.ForecasterInfo | None = Field(
+        None, description="which forecast answers /forecast, and why (none: no forecast is loaded)"
+    )
 
 
 BAD_INPUT = {"model": ErrorBody, "description": "Bad input: each problem names its field"}
 # "default" covers the rest (405 for another method, 504 past the request timeout): the same body.
 OTHER_ERROR = {"model": ErrorBody, "description": "Any other error, in the same shape"}
 ERRORS: dict[int | str, dict[str, Any]] = {400: BAD_INPUT, "default": OTHER_ERROR}
+FORECAST_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No forecast for the symbol: unknown, too little history, "
+          "or its rows stopped before the data's last session (the message says which, and since when)"},
+    422: BAD_INPUT,
+    "default": OTHER_ERROR,
+}  # fmt: skip
 
 # Every route lives in a FastAPI app mounted on the service: @bentoml.api routes are POST only, and
 # BentoML answers their validation errors in a shape of its own that its OpenAPI document does not
@@ -262,8 +282,11 @@ def _refuse(errors: list[Any], skip: int) -> Response:
 
 
 @http.exception_handler(RequestValidationError)
-async def _invalid_request(_request: Request, exc: RequestValidationError) -> Response:
-    return _refuse(list(exc.errors()), skip=1)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    response = _refuse(list(exc.errors()), skip=1)
+    if request.scope.get("path") == "/forecast":
+        response.status_code = 422
+    return response
 
 
 @http.exception_handler(StarletteHTTPException)
@@ -298,12 +321,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 @bentoml.asgi_app(http, path="/")
 class VolumeService:
     model_ref = bentoml.models.BentoModel(arguments.model_tag)
+    if arguments.forecast_tag:
+        forecast_ref = bentoml.models.BentoModel(arguments.forecast_tag)
 
     def __init__(self) -> None:
         self.ready = False
         booster, card = contract.load(Path(self.model_ref.path))
         self.serving = _serving(str(self.model_ref.tag), booster, card)
         self.meters = Meters(card) if arguments.metrics else NoMeters()
+        self.forecasts: forecasts.Table | None = None
+        if FOLLOW:
+            self.forecasts = forecasts.Table.published(FOLLOW)
+        if self.forecasts is None and arguments.forecast_tag:
+            ref = self.forecast_ref
+            self.forecasts = forecasts.Table.read(str(ref.path), ref.tag.version or "", str(ref.tag))
 
     @bentoml.on_startup
     def _settle(self) -> None:
@@ -330,6 +361,7 @@ class VolumeService:
         model_dir, said = Layout(FOLLOW).model, ""
         while True:
             time.sleep(FOLLOW_SECONDS)
+            self._follow_forecast()
             try:
                 card, serving = contract.read_card(publish.data_dir(model_dir)), self.serving.card
                 if (card.version, card.model_sha256) == (serving.version, serving.model_sha256):
@@ -349,6 +381,20 @@ class VolumeService:
                         exc,
                     )
                     said = str(exc)
+
+    def _follow_forecast(self) -> None:
+        """A newly published forecast in the followed output: loaded whole, then swapped in."""
+        current = self.forecasts.version if self.forecasts else None
+        try:
+            if forecasts.version_of(FOLLOW) in (None, current):
+                return
+            table = forecasts.Table.published(FOLLOW)
+        except Exception as exc:  # keep answering with the table there is
+            log.warning("still serving forecast %s: cannot read the forecast of %s: %s", current, FOLLOW, exc)
+            return
+        if table is not None:
+            self.forecasts = table
+            log.info("now serving forecast %s (%s) of %s", table.version, table.info.answers, FOLLOW)
 
     def answer(self, features: np.ndarray) -> list[int]:
         """A batch's predicted volumes (features: n rows in feature_matrix's order), counted in /metrics."""
@@ -470,7 +516,59 @@ def _feature_rows(instances: list[Instance]) -> np.ndarray:
     "/model", summary="Which model answers", response_model=ModelInfo, responses={"default": OTHER_ERROR}
 )
 async def model() -> Response:
-    return _json(_service().serving.info.model_dump())
+    service = _service()
+    table = service.forecasts
+    return _json(
+        {**service.serving.info.model_dump(), "forecast": table.info.model_dump() if table else None}
+    )
+
+
+Symbol = Annotated[
+    str,
+    Query(
+        pattern=forecasts.SYMBOL_PATTERN,
+        description="a ticker, e.g. AAPL (case does not matter)",
+        examples=["AAPL"],
+    ),
+]
+NO_FORECAST = "no forecast is loaded: run `stockpipe forecast --out OUT` (or `stockpipe run`) and serve OUT"
+
+
+@http.get(
+    "/forecast",
+    summary="A symbol's volume in the next session, with its 10-90% range",
+    response_model=forecasts.Forecast,
+    responses=FORECAST_ERRORS,
+)
+async def forecast_get(symbol: Symbol) -> Response:
+    table = _service().forecasts
+    key = symbol.upper()
+    if table is None:
+        return _error([], 404, NO_FORECAST)
+    body = table.bodies.get(key)
+    if body is None:
+        return _error([], 404, table.why_not(key))
+    return Response(body, media_type="application/json")
+
+
+@http.post(
+    "/forecast",
+    summary=f"Forecasts for many symbols at once (up to {forecasts.MAX_SYMBOLS})",
+    response_model=forecasts.ForecastBatch,
+    responses=FORECAST_ERRORS,
+)
+async def forecast_post(body: forecasts.Symbols) -> Response:
+    table = _service().forecasts
+    if table is None:
+        return _error([], 404, NO_FORECAST)
+    found, missing = [], []
+    for symbol in body.symbols:
+        row = table.rows.get(symbol.upper())
+        if row is None:
+            missing.append({"symbol": symbol, "error": table.why_not(symbol.upper())})
+        else:
+            found.append(row.model_dump())
+    return _json({"forecasts": found, "not_found": missing})
 
 
 def _model_info(tag: str, card: contract.ModelCard) -> ModelInfo:

@@ -1,9 +1,11 @@
 """Every name the pipeline writes under its output location (a path or a pyarrow filesystem URI).
 
-stage1/  quarantine/  stage2/  models/<version>/  model/     published folders (compute/publish.py)
+stage1/  quarantine/  stage2/  forecast_inputs/  forecast/  models/<version>/  model/
+                                                              published folders (compute/publish.py)
 models/history.json  the champion's history (compute/registry.py)
 reports/ingest.json  reports/features.json  reports/learning_curve.png  reports/predicted_vs_actual.png
 reports/backtest.png (when the backtest runs)  reports/drift.json  reports/drift.png
+reports/forecast.json  reports/forecast.png
 logs/training.log
 """
 
@@ -20,6 +22,11 @@ MODEL_FILE = "model.bin"  # XGBoost's own UBJSON format, never a pickle
 METADATA_FILE = "model.json"
 METRICS_FILE = "metrics.json"
 CHAMPION_FILE = "champion.json"  # in model/ only: which version it is, and the champions before it
+# The forecast folder's files.
+FORECAST_TABLE = "forecast.parquet"  # a row per symbol forecast
+NOT_FORECAST_TABLE = "not_forecast.parquet"  # a row per symbol without one, and why
+WALK_FORWARD_TABLE = "walkforward.parquet"  # every walk-forward forecast, with its actual
+FORECAST_RESULT = "forecast.json"  # the stage's result
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,16 @@ class Layout:
     @property
     def stage2(self) -> str:
         return join(self.root, "stage2")
+
+    @property
+    def forecast_inputs(self) -> str:
+        """The forecast's inputs per stage-1 part, its market shares and symbol histories."""
+        return join(self.root, "forecast_inputs")
+
+    @property
+    def forecast(self) -> str:
+        """The next session's forecast per symbol, its walk-forward and model: what `serve` reads."""
+        return join(self.root, "forecast")
 
     @property
     def model(self) -> str:
@@ -91,6 +108,14 @@ class Layout:
     @property
     def drift_plot(self) -> str:
         return join(self.reports, "drift.png")
+
+    @property
+    def forecast_report(self) -> str:
+        return join(self.reports, "forecast.json")
+
+    @property
+    def forecast_plot(self) -> str:
+        return join(self.reports, "forecast.png")
 
     @property
     def logs(self) -> str:

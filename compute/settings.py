@@ -111,6 +111,22 @@ class Settings(BaseSettings):
     )
     seed: int = Field(42, description="seeds XGBoost and the random split")
 
+    # The next-session forecast (compute/stages/forecast/; docs/forecast.md says why these values).
+    forecast_folds: int = Field(
+        4, ge=1, description="walk-forward folds, each a block of sessions after a cutoff, tested on "
+        "forecasts from a model trained only on what came before it"
+    )
+    forecast_fold_sessions: int = Field(10, ge=1, description="sessions in each fold's block")
+    forecast_train_sessions: int = Field(
+        120,
+        ge=5,
+        description="the training window: rows whose next session is among the last this many "
+        "sessions up to the cutoff (twice as many gained 0.4 points of skill for twice the time)",
+    )
+    forecast_rounds: int = Field(100, ge=1, description="the forecaster's boosting rounds")
+    forecast_max_depth: int = Field(6, ge=1, description="its XGBoost max_depth")
+    forecast_eta: float = Field(0.15, gt=0, description="its learning rate")
+
     # The model registry and its gate (compute/registry.py, compute/stages/train/gate.py).
     gate_tolerance_pct: float = Field(
         0.0,

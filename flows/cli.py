@@ -25,7 +25,7 @@ from compute.download import DEFAULT_DATASET, DownloadError
 from compute.layout import MODEL_FILE, Layout
 from compute.settings import PROJECT_ROOT, Settings, environment_variables, get_settings
 from compute.stage import Stage, StageResult
-from compute.stages import Features, Ingest, Train
+from compute.stages import Features, Forecast, Ingest, Train
 from compute.stages.ingest.sources import SourceError, list_files, open_source
 from flows.stages import STAGES
 
@@ -137,7 +137,8 @@ def _containerize(args: argparse.Namespace, layout: Layout) -> int:
 
     try:
         image.require_tools()  # before building a Bento that could not be containerized
-        bento = package.build_bento(package.register_model(layout.model))
+        model, forecast = package.register_model(layout.model), package.register_forecast(layout.root)
+        bento = package.build_bento(model, forecast)
         built = image.containerize(bento, args.image)
     except image.ImageError as exc:
         return _fail(f"cannot build an image here: {exc}")
@@ -356,7 +357,7 @@ MODELS = Needs(Train, "trained model", folder="models")
 
 COMMANDS: dict[str, Command] = {
     "run": Command(
-        "Run the whole pipeline: ingest, features, train, then build the Bento.",
+        "Run the whole pipeline: ingest, features, forecast, train, then build the Bento.",
         (SOURCE, OUT, *STAGE, *TRAINING, STOP_AFTER),
         flow=lambda pipeline: pipeline.stock_pipeline, first_stage=Ingest,
     ),
@@ -369,6 +370,12 @@ COMMANDS: dict[str, Command] = {
         "Stage 2: rolling features from <out>/stage1/ into <out>/stage2/.",
         (OUT, *STAGE),
         flow=lambda pipeline: pipeline.features_flow, needs=STAGE1, first_stage=Features,
+    ),
+    "forecast": Command(
+        "The forecast, after features: each symbol's volume in the next NYSE session, with a 10-90% "
+        "range, from <out>/stage1/ into <out>/forecast/, walked forward against the naive forecasts.",
+        (OUT, *STAGE, DEVICE),
+        flow=lambda pipeline: pipeline.forecast_flow, needs=STAGE1, first_stage=Forecast,
     ),
     "train": Command(
         "Stage 3: train XGBoost on Ray from <out>/stage2/ into a new version in <out>/models/; the "

@@ -24,8 +24,9 @@ from compute.errors import is_transient
 from compute.layout import Layout
 from compute.settings import Settings, get_settings
 from compute.stage import StageResult
-from compute.stages import Features, Ingest, Train
+from compute.stages import Features, Forecast, Ingest, Train
 from compute.stages.features.results import FeaturesReport
+from compute.stages.forecast.results import ForecastReport
 from compute.stages.ingest.results import IngestReport
 from compute.stages.train.results import TrainMetrics
 from flows import stopping
@@ -39,6 +40,7 @@ class PipelineResult(BaseModel):
 
     ingest: IngestReport | None = None
     features: FeaturesReport | None = None
+    forecast: ForecastReport | None = None
     train: TrainMetrics | None = None
     package: PackageResult | None = None
 
@@ -87,6 +89,11 @@ def ingest(settings: Settings) -> IngestReport:
 @task(name="features", **STAGE_TASK)
 def features(settings: Settings) -> FeaturesReport:
     return _run(Features, settings)
+
+
+@task(name="forecast", **STAGE_TASK)
+def forecast(settings: Settings) -> ForecastReport:
+    return _run(Forecast, settings)
 
 
 @task(name="train", **STAGE_TASK)
@@ -187,15 +194,18 @@ def stock_pipeline(
     train_device: str | None = None,
     train_layout: str | None = None,
     train_rounds: int | None = None,
-    stop_after: Literal["features", "train", "package"] = "package",
+    stop_after: Literal["features", "forecast", "train", "package"] = "package",
     force: bool = False,
     train_backtest_folds: int | None = None,
 ) -> PipelineResult:
-    """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, train the
-    model, and build the Bento, all under `out` (or stop after an earlier stage)."""
+    """Ingest `source` (a folder, a zip, or kaggle:OWNER/DATASET), compute rolling features, forecast
+    each symbol's next session, train the model, and build the Bento, all under `out` (or stop
+    after an earlier stage)."""
     with _holding(_settings(locals())) as run:
         result = PipelineResult(ingest=run(ingest))
         result.features = run(features)
+        if stop_after in ("forecast", "train", "package"):
+            result.forecast = run(forecast)
         if stop_after in ("train", "package"):
             result.train = run(train)
         if stop_after == "package":
@@ -217,6 +227,17 @@ def features_flow(
 ) -> FeaturesReport:
     with _holding(_settings(locals())) as run:
         return run.outcome(run(features))
+
+
+@flow(name="forecast-stage")
+def forecast_flow(
+    out: str | None = None,
+    ray_address: str | None = None,
+    train_device: str | None = None,
+    force: bool = False,
+) -> ForecastReport:
+    with _holding(_settings(locals())) as run:
+        return run.outcome(run(forecast))
 
 
 @flow(name="train-stage")

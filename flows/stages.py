@@ -7,6 +7,6 @@ from typing import Any
 
 from bento.stage import Package
 from compute.stage import Stage
-from compute.stages import Features, Ingest, Train
+from compute.stages import Features, Forecast, Ingest, Train
 
-STAGES: dict[str, type[Stage[Any, Any]]] = {s.name: s for s in (Ingest, Features, Train, Package)}
+STAGES: dict[str, type[Stage[Any, Any]]] = {s.name: s for s in (Ingest, Features, Forecast, Train, Package)}
