@@ -12,7 +12,8 @@ The servers, all with one worker process per CPU, started side by side:
   bento       `bentoml serve` of the Bento built for the champion
 For each round, GET /predict at c=8 on each server in turn (the order rotating from round to
 round), then the ratios of that round: stockpipe and bento over bare, in throughput and p99; the
-cost of the metrics and of the follow, each against the service without it. Then POST
+cost of the metrics and of the follow, each against the service without it. Then GET /forecast
+beside GET /predict on stockpipe and the Bento, alternating, and their ratio. Then POST
 /predict_batch with --batch-rows rows, as instances ({"instances": [{...}, ...]}) and as one
 tensor ({"inputs": [[vol_moving_avg, adj_close_rolling_med], ...]}), in rows/s. wrk shares the
 cores with the servers, as a client on the same host would. wrk is Debian's package.
@@ -202,6 +203,7 @@ def main() -> None:
                 print(f"[{r + 1}] " + line(name, f"GET /predict c={args.concurrency}", got[name]), flush=True)
             measured.append({"round": r + 1, **got})
         report(measured, names)
+        forecast_against_predict(servers, args, measured)
         files = bodies(logs, args.batch_rows)
         for name in [n for n in ("bare", "stockpipe") if n in servers]:
             for kind, body in files.items():
@@ -215,6 +217,28 @@ def main() -> None:
             stop(process)
     if args.json:
         args.json.write_text(json.dumps(measured, indent=2) + "\n")
+
+
+def forecast_against_predict(servers: dict, args: argparse.Namespace, measured: list[dict]) -> None:
+    """GET /forecast beside GET /predict on the same server, alternating, at the same concurrency:
+    the forecast is a lookup in a precomputed table."""
+    import pyarrow.parquet as pq
+
+    table = Path(args.out) / "forecast" / "forecast.parquet"
+    if not table.exists():
+        print("no forecast in --out: GET /forecast not measured")
+        return
+    query = f"/forecast?symbol={pq.read_table(table, columns=['symbol']).column('symbol')[0]}"
+    for name in [n for n in ("stockpipe", "bento") if n in servers]:
+        url, ratios = servers[name][0], []
+        wrk(url + query, args.concurrency, 2)
+        for r in range(args.rounds):
+            predict = wrk(url + QUERY, args.concurrency, args.seconds)
+            forecast = wrk(url + query, args.concurrency, args.seconds)
+            ratios.append(forecast["rps"] / predict["rps"])
+            print(f"[{r + 1}] " + line(name, f"GET {query} c={args.concurrency}", forecast), flush=True)
+            measured.append({"server": name, "round": r + 1, "predict": predict, "forecast": forecast})
+        print(f"{name}: GET /forecast / GET /predict throughput {span(ratios)}x", flush=True)
 
 
 def report(rounds: list[dict], names: list[str]) -> None:

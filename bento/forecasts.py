@@ -46,7 +46,7 @@ Ticker = Annotated[str, Strict(), Field(pattern=SYMBOL_PATTERN)]
 class Symbols(BaseModel):
     model_config = ConfigDict(extra="forbid")
     symbols: list[Ticker] = Field(
-        min_length=1, max_length=MAX_SYMBOLS, description="tickers, e.g. AAPL", examples=[["AAPL", "ACWI"]]
+        min_length=1, max_length=MAX_SYMBOLS, description="tickers, e.g. AAPL", examples=[["AAPL", "DIA"]]
     )
 
 

@@ -94,7 +94,8 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     assert code == 130 and seconds < 10, (code, seconds, text[-2000:])
     assert said(text) == [
         "stockpipe: interrupted (Ctrl-C) during train: stage 1 is published, stage 2 is published, "
-        "no model version is published and there is no champion model yet; run again to go on"
+        "the forecast is published, no model version is published and there is no champion model yet; "
+        "run again to go on"
     ]
     assert last_said(text) == said(text)[0]
     left_as_found(text)
@@ -106,8 +107,8 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     env = session_env()
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "reused: ingest, features" in again.stdout
-    for stage in ("stage1", "stage2", "quarantine"):
+    assert "reused: ingest, features, forecast" in again.stdout
+    for stage in ("stage1", "stage2", "quarantine", "forecast_inputs"):
         assert stage_files(out, stage) == stage_files(sample_run["out"], stage), stage
     nothing_left(env)
 

@@ -28,6 +28,10 @@ FORECAST = pa.schema(
         ("as_of", pa.string()),  # the session it was forecast from
         ("model", pa.string()),
         ("mean30", pa.int64()),  # the 30-session mean volume, for comparison
+        # The forecaster's own answer, whether or not it is the one that answers.
+        ("forecaster_volume", pa.int64()),
+        ("forecaster_low", pa.int64()),
+        ("forecaster_high", pa.int64()),
     ]
 )
 NOT_FORECAST = pa.schema(
@@ -57,6 +61,7 @@ def forecast(outcome: Outcome, decision: Decision) -> pa.Table:
             pa.array(latest.date.astype(str)),
             pa.array([decision.answers] * n, pa.string()),
             _shares(latest.naive["mean30"]),
+            *[_shares(outcome.forecast[:, i]) for i in (1, 0, 2)],
         ],
         schema=FORECAST,
     )
