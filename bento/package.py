@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,13 +111,22 @@ def find_bento(tag: str) -> bool:
 def build_bento(model: str, forecast: str | None = None) -> str:
     """`bentoml build` with bento/bentofile.yaml, the service handed this model (and forecast) as its
     Bento arguments (bento/service.py); return the Bento's tag. A Bento already built from the same
-    model, forecast and files is reused."""
+    model, forecast and files is reused.
+
+    The models are also named in the build's `models:`, so that the Bento (and an image of it)
+    holds exactly them: BentoML otherwise takes them from the service class's attributes, which a
+    process that imported bento.service before the build made with its own arguments (no forecast,
+    the latest model), and an image then lacked the forecast its arguments name."""
     tag = bento_tag(model, forecast)
     if find_bento(tag):
         return tag
     version = tag.split(":", 1)[1]
     args = {"model_tag": model, **({"forecast_tag": forecast} if forecast else {})}
-    bento = bentoml.bentos.build_bentofile(
-        str(BENTOFILE), version=version, build_ctx=str(PROJECT_ROOT), args=args
-    )
+    config = {**_bentofile(), "models": [model, *([forecast] if forecast else [])]}
+    with tempfile.TemporaryDirectory(prefix="stockpipe-bentofile-") as folder:
+        bentofile = Path(folder) / "bentofile.yaml"
+        bentofile.write_text(yaml.safe_dump(config, sort_keys=False))
+        bento = bentoml.bentos.build_bentofile(
+            str(bentofile), version=version, build_ctx=str(PROJECT_ROOT), args=args
+        )
     return str(bento.tag)

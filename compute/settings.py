@@ -113,8 +113,10 @@ class Settings(BaseSettings):
 
     # The next-session forecast (compute/stages/forecast/; docs/forecast.md says why these values).
     forecast_folds: int = Field(
-        4, ge=1, description="walk-forward folds, each a block of sessions after a cutoff, tested on "
-        "forecasts from a model trained only on what came before it"
+        4,
+        ge=1,
+        description="walk-forward folds, each a block of sessions after a cutoff, tested on "
+        "forecasts from a model trained only on what came before it",
     )
     forecast_fold_sessions: int = Field(10, ge=1, description="sessions in each fold's block")
     forecast_train_sessions: int = Field(

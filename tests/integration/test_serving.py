@@ -224,6 +224,8 @@ def test_the_bentoml_client_gets_what_curl_gets(served: str, expected: dict[str,
         answered = client.request("POST", "/predict_batch", json=body)
         single = client.request("POST", "/predict", json=one)
         bad = client.request("POST", "/predict", json={**one, "vol_moving_avg": -1})
+        forecast = client.request("GET", "/forecast", params={"symbol": "AAPL"})
+        many = client.request("POST", "/forecast", json={"symbols": ["AAPL", "DIA"]})
     assert (
         answered.json()["predictions"]
         == expected["volume"].tolist()
@@ -238,6 +240,8 @@ def test_the_bentoml_client_gets_what_curl_gets(served: str, expected: dict[str,
         bad.status_code == 400
         and bad.json() == httpx.post(f"{served}/predict", json={**one, "vol_moving_avg": -1}).json()
     )
+    assert forecast.json() == httpx.get(f"{served}/forecast", params={"symbol": "AAPL"}).json()
+    assert many.json()["forecasts"][0] == forecast.json() and many.json()["not_found"] == []
 
 
 # Seed 1 in the suite; STOCKPIPE_FUZZ_SEEDS=1,2,3 for the wider run (docs/testing.md).
@@ -290,6 +294,11 @@ def test_built_bento_serves_the_same_answers(
         assert r.status_code == 200 and not math.isnan(r.json())
         # The Bento recorded the model it was built with, and holds to the same contract.
         assert httpx.get(f"{url}/model").json()["tag"] == sample_run["result"].package.model
+        # And the forecast table, from the model store, as `stockpipe serve` answers it.
+        forecast = httpx.get(f"{url}/forecast", params={"symbol": "AAPL"})
+        assert forecast.json() == httpx.get(f"{served}/forecast", params={"symbol": "AAPL"}).json()
+        info = httpx.get(f"{url}/model").json()["forecast"]
+        assert info["source"] == sample_run["result"].package.forecast
         counted = predicted_count(served)
         assert httpx.get(
             f"{served}/predict", params={"vol_moving_avg": 1, "adj_close_rolling_med": 1}

@@ -149,15 +149,14 @@ class Forecast(Stage[ForecastPlan, ForecastReport]):
         nodes = [params.Node.of(n) for n in ray.nodes() if n.get("Alive")]
         try:
             device = params.resolve_device(settings.train_device, sum(n.gpus for n in nodes))
-            chosen = params.choose_layout(device, nodes, settings, len(names), None)
         except ValueError as exc:
             raise Refused(str(exc), then="run again with other training settings") from None
         # The forecaster's rows (1.3M on the 2021 vintage, a few hundred MB) fit one node: one Ray
-        # task holding it, as the volume model's single layout; several GPUs or nodes do not help it.
-        chosen = params.Layout("single", 1, {"CPU": float(max(n.cpus for n in nodes)),
-                                             **({"GPU": 1.0} if device == "cuda" else {})},
-                               chosen.why if chosen.kind == "single" else "its rows fit one node",
-                               node=chosen.node or max(nodes, key=lambda n: n.cpus).id)  # fmt: skip
+        # task holding the node with the most CPUs (and a GPU for CUDA), as the volume model's
+        # single layout; Ray Train's workers would only add their start.
+        node = max((n for n in nodes if n.gpus >= 1 or device != "cuda"), key=lambda n: (n.cpus, n.memory))
+        resources = {"CPU": float(max(node.cpus, 1)), **({"GPU": 1.0} if device == "cuda" else {})}
+        chosen = params.Layout("single", 1, resources, "its rows fit one node", node=node.id)
         from compute.stages.forecast import model
 
         config = {
