@@ -108,12 +108,67 @@ def test_a_forecast_is_the_same_when_the_rows_after_its_day_are_cut(
     assert again.loc[made.index].equals(made)
 
 
+def test_the_run_shows_the_walk_forward_and_the_busiest_forecasts_in_prefect(
+    sample_run: dict[str, Any],
+) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["forecast-walk-forward", "forecast-furthest-above-normal"]
+
+    async def read() -> dict[str, Any]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)), sort="CREATED_DESC"
+            )
+            return {a.key: a for a in reversed(found)}  # the latest of each
+
+    artifacts = asyncio.run(read())
+    result = sample_run["result"].forecast
+    rows = artifacts["forecast-walk-forward"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    pooled = {r["forecast by"]: r for r in rows if r["sessions"] == "pooled"}
+    assert set(pooled) == {"forecaster", "naive: the last session's volume", "naive: the 5-session mean",
+                           "naive: the 30-session mean"}  # fmt: skip
+    assert pooled["forecaster"]["MAE"] == round(result.walk_forward.model.mae)
+    assert len(rows) == 4 * (len(result.walk_forward.folds) + 1)
+    markdown = artifacts["forecast-furthest-above-normal"].data
+    top = table(sample_run["out"], "forecast.parquet").to_pandas()
+    top = top.assign(ratio=top["volume"] / top["mean30"]).sort_values("ratio", ascending=False)
+    assert f"| {top['symbol'].iloc[0]} |" in markdown and result.why in markdown
+
+
 def test_an_unchanged_rerun_reuses_the_forecast(sample_run: dict[str, Any]) -> None:
     settings = get_settings(out=str(sample_run["out"]))
     before = (sample_run["out"] / "forecast" / "forecast.parquet").stat().st_mtime_ns
     again = stage.run(Forecast(settings))
     assert again.reused and again.walk_forward == sample_run["result"].forecast.walk_forward
     assert (sample_run["out"] / "forecast" / "forecast.parquet").stat().st_mtime_ns == before
+
+
+def test_a_changed_stage1_part_rebuilds_only_its_inputs(sample_run: dict[str, Any], tmp_path: Path) -> None:
+    """A day's new file changes one stage-1 part: only that part's inputs are built again, the
+    others are carried over, and the forecast is the one a rebuild of everything makes."""
+    out = tmp_path / "out"
+    for folder in ("stage1", "forecast", "forecast_inputs"):
+        shutil.copytree(sample_run["out"] / folder, out / folder)
+    manifest = json.loads((out / "stage1" / "_manifest.json").read_text())
+    changed = sorted(manifest["parts"])[0]
+    manifest["parts"][changed]["inputs"] += "-changed"  # as if its source files had changed
+    manifest["fingerprint"] += "-changed"
+    (out / "stage1" / "_manifest.json").write_text(json.dumps(manifest))
+    result = stage.run(Forecast(get_settings(out=str(out))))
+    parts = len(manifest["parts"])
+    assert not result.reused
+    assert (result.incremental.parts_built, result.incremental.parts_carried_over) == (1, parts - 1)
+    assert table(out, "forecast.parquet").equals(table(sample_run["out"], "forecast.parquet").set_column(
+        6, "model", table(out, "forecast.parquet").column("model")))  # fmt: skip
+    for name in sorted(manifest["parts"]):
+        assert (out / "forecast_inputs" / name).read_bytes() == (
+            sample_run["out"] / "forecast_inputs" / name
+        ).read_bytes()
 
 
 # --- served -------------------------------------------------------------------------------------
