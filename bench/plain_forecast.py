@@ -40,6 +40,12 @@ def features(stage1: Path) -> pd.DataFrame:
     for k in (5, 10, 30, 60):
         df[f"mean{k}"] = by.transform(lambda s, k=k: s.rolling(k).mean())
     df["std30"] = by.transform(lambda s: s.rolling(30).std(ddof=0))
+    df["zeros30"] = (
+        (df["Volume"] == 0)
+        .astype(float)
+        .groupby(df["Symbol"], sort=False)
+        .transform(lambda s: s.rolling(30).mean())
+    )
     df["ret"] = np.log(df["Adj Close"] / g["Adj Close"].shift(1)).replace([np.inf, -np.inf], np.nan)
     df["abs_ret"] = df["ret"].abs()
     df["range"] = np.log(df["High"] / df["Low"]).replace([np.inf, -np.inf], np.nan)
@@ -88,7 +94,7 @@ PREVIOUS = ["prev_half_day", "prev_expiry", "prev_quarterly_expiry", "prev_month
 
 def relative(df: pd.DataFrame) -> pd.DataFrame:
     """The stage's features: the log volumes less the 10-session mean, beside the rest."""
-    x = df[[*COLUMNS, *PREVIOUS]].copy()
+    x = df[[*COLUMNS, "zeros30", *PREVIOUS]].copy()
     x[LEVELS] = x[LEVELS].sub(x["mean10"], axis=0)
     return x
 
@@ -105,9 +111,9 @@ def fit_predict(train: pd.DataFrame, test: pd.DataFrame, as_issued: bool) -> np.
         low, high = ranges.inplace_predict(test[COLUMNS]).T
         return np.expm1(np.column_stack([low, point.inplace_predict(test[COLUMNS]), high]))
     params = {"objective": "reg:quantileerror", "quantile_alpha": np.array([0.1, 0.5, 0.9]),
-              "tree_method": "hist", "max_depth": 6, "eta": 0.15, "min_child_weight": 50, "subsample": 0.8,
+              "tree_method": "hist", "max_depth": 8, "eta": 0.15, "min_child_weight": 50, "subsample": 0.5,
               "max_bin": 128, "nthread": 0, "seed": 42}  # fmt: skip
-    booster = xgb.train(params, xgb.QuantileDMatrix(relative(train), y - train["mean10"], max_bin=128), 100)
+    booster = xgb.train(params, xgb.QuantileDMatrix(relative(train), y - train["mean10"], max_bin=128), 60)
     logs = booster.inplace_predict(relative(test)).reshape(len(test), 3)
     return np.expm1(np.sort(logs, axis=1) + test["mean10"].to_numpy()[:, None])
 
@@ -127,7 +133,7 @@ def main() -> None:
     parser.add_argument("--as-issued", action="store_true")
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--fold-sessions", type=int, default=10)
-    parser.add_argument("--train-sessions", type=int, default=120)
+    parser.add_argument("--train-sessions", type=int, default=250)
     args = parser.parse_args()
     phases: dict[str, float] = {}
     started = time.perf_counter()

@@ -45,6 +45,8 @@ def reference(table: pa.Table, keep: int) -> pd.DataFrame:
     for k in inputs.MEANS:
         out[f"mean{k}"] = lv.groupby(df["Symbol"]).rolling(k).mean().reset_index(level=0, drop=True)
     out["std30"] = lv.groupby(df["Symbol"]).rolling(30).std(ddof=0).reset_index(level=0, drop=True)
+    zero = (df["Volume"] == 0).astype(float)
+    out["zeros30"] = zero.groupby(df["Symbol"]).rolling(30).mean().reset_index(level=0, drop=True)
     adj = df["Adj Close"].astype(float)
     out["ret"] = np.log(adj / adj.groupby(df["Symbol"]).shift(1))
     with np.errstate(divide="ignore"):

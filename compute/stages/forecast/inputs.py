@@ -33,6 +33,7 @@ INPUTS = pa.schema(
         *[(f"lag{k}", pa.float32()) for k in LAGS],
         *[(f"mean{k}", pa.float32()) for k in MEANS],
         (f"std{SPREAD}", pa.float32()),
+        (f"zeros{SPREAD}", pa.float32()),  # the share of those sessions that traded nothing
         ("ret", pa.float32()),  # log(Adj Close / previous Adj Close)
         ("range", pa.float32()),  # log(High / Low), NaN where Low is 0
         # The naive forecasts, in shares: the last session's volume (`volume`), the mean volume of
@@ -98,6 +99,7 @@ def compute(table: pa.Table, keep: int) -> tuple[pa.Table, pa.Table]:
     columns |= {f"mean{k}": _rolling_mean(lv, k, position) for k in MEANS}
     mean_square = _rolling_mean(lv**2, SPREAD, position)
     columns[f"std{SPREAD}"] = np.sqrt(np.maximum(mean_square - columns[f"mean{SPREAD}"] ** 2, 0.0))
+    columns[f"zeros{SPREAD}"] = _rolling_mean((lv == 0).astype(np.float64), SPREAD, position)
     adj = table.column("Adj Close").to_numpy().astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         columns["ret"] = np.log(adj / _shifted(adj, 1, position))

@@ -35,6 +35,7 @@ FEATURES: tuple[str, ...] = (
     *[f"d_lag{k}" for k in LAGS],
     *[f"d_mean{k}" for k in MEANS if f"mean{k}" != BASE],
     f"std{SPREAD}",
+    f"zeros{SPREAD}",
     "ret",
     "abs_ret",
     "range",
@@ -85,6 +86,7 @@ def rows_of(
         if f"mean{k}" != BASE:
             x[:, put[f"d_mean{k}"]] = columns[f"mean{k}"] - base
     x[:, put[f"std{SPREAD}"]] = columns[f"std{SPREAD}"]
+    x[:, put[f"zeros{SPREAD}"]] = columns[f"zeros{SPREAD}"]
     x[:, put["ret"]] = columns["ret"]
     x[:, put["abs_ret"]] = np.abs(columns["ret"])
     x[:, put["range"]] = columns["range"]
@@ -116,7 +118,7 @@ def params(settings: Any, device: str, threads: int) -> dict[str, Any]:
         "max_depth": settings.forecast_max_depth,
         "eta": settings.forecast_eta,
         "min_child_weight": 50,
-        "subsample": 0.8,
+        "subsample": 0.5,
         "max_bin": 128,
         "nthread": threads,
         "seed": settings.seed,

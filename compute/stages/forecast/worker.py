@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import xgboost as xgb
 
 from compute import storage
+from compute.cpus import all_cpus
 from compute.phases import Phases
 from compute.stages.forecast import model
 from compute.stages.forecast.calendar import Calendar
@@ -55,11 +55,7 @@ def read(parts: list[str], threads: int) -> dict[str, np.ndarray]:
 def forecast_alone(config: dict[str, Any]) -> Outcome:
     """The whole forecaster, in one Ray task (or in the caller's process, for tests)."""
     threads = int(config["params"].get("nthread") or os.cpu_count() or 1)
-    pa.set_cpu_count(threads)
-    # A Ray worker keeps the OMP_NUM_THREADS of the first task it ran (1, for a fan-out's), and
-    # XGBoost's quantile objective sizes parts of its work by it, whatever `nthread` says: a fit
-    # took 24 s instead of 14 here. Its global thread count overrides it.
-    with xgb.config_context(nthread=threads):
+    with all_cpus(threads):
         return _forecast(config, threads)
 
 

@@ -94,10 +94,10 @@ def fit(
 
 def run_alone(work: Callable[[dict[str, Any]], T], config: dict[str, Any], layout: Layout, name: str) -> T:
     """`work(config)` as one Ray task holding its node's CPUs (and a GPU): it shows on the
-    dashboard as `name`. Its own worker process, started with OMP_NUM_THREADS at its CPUs, so that
-    XGBoost's OpenMP and Arrow use them all (a worker reused from a one-CPU task would keep one
-    thread). Pinned to its node and not retried by Ray: a lost node fails the stage, which Prefect
-    retries (compute/errors.py) on the nodes left."""
+    dashboard as `name`. The work itself uses every CPU the task holds (compute/cpus.py: the
+    worker process may be one that a fan-out's one-CPU tasks left). Pinned to its node and not
+    retried by Ray: a lost node fails the stage, which Prefect retries (compute/errors.py) on the
+    nodes left."""
     remote = ray.remote(work).options(
         name=name,
         num_cpus=layout.resources.get("CPU", 1),

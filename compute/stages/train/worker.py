@@ -31,6 +31,7 @@ import xgboost as xgb
 
 from compute import arrays, drift, storage
 from compute import model as contract
+from compute.cpus import all_cpus
 from compute.layout import MODEL_FILE, part_number
 from compute.metrics import ErrorSums
 from compute.phases import Phases
@@ -233,10 +234,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def train_alone(config: dict[str, Any]) -> None:
-    """The single layout's Ray task: every part, nothing to combine. A Ray worker keeps the
-    OMP_NUM_THREADS of the first task it ran (1, after a fan-out's), which XGBoost heeds in part
-    whatever `nthread` says; its global thread count overrides it."""
-    with xgb.config_context(nthread=int(config["params"].get("nthread") or os.cpu_count() or 1)):
+    """The single layout's Ray task: every part, nothing to combine, on every CPU it holds."""
+    with all_cpus(int(config["params"].get("nthread") or os.cpu_count() or 1)):
         train_shard(config, 0, 1, split.alone)
 
 
