@@ -18,7 +18,7 @@ To add a stage, these are the places:
   1. a package compute/stages/<name>/: stage.py (a Stage subclass), results.py (its result, a
      StageResult) and its work;
   2. compute/layout.py: the names of what it writes;
-  3. flows/stages.py: the stage in STAGES, in order; flows/pipeline.py: a task that runs it, a
+  3. flows/stages.py: the stage in WHERE, in order; flows/pipeline.py: a task that runs it, a
      field of PipelineResult and a call in the flow.
 For a command or a deployment of its own: a row of COMMANDS in flows/cli.py, an entry in
 prefect.yaml. tests/unit/test_stage.py shows a complete small stage.

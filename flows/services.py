@@ -32,9 +32,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import NoReturn
 
-import ray
-
-from compute import cluster
 from compute.settings import Settings
 
 _server: PrefectServer | None = None
@@ -140,6 +137,8 @@ def start(settings: Settings, ray_too: bool, imports: tuple[str, ...] = ()) -> N
     thread.start()
     try:
         if ray_too:
+            from compute import cluster
+
             cluster.connect(settings, progress=lambda _: None)  # the stages announce the dashboard
     finally:
         thread.join()
@@ -235,7 +234,10 @@ def exit_now(code: int) -> NoReturn:
     the interpreter's teardown."""
     prefect = threading.Thread(target=_stop_prefect, name="prefect-stop")
     prefect.start()
-    ray.shutdown()  # on the main thread, which started it
+    if "ray" in sys.modules:  # a command that did not run a flow never imported it
+        import ray
+
+        ray.shutdown()  # on the main thread, which started it
     prefect.join()
     atexit._run_exitfuncs()  # CPython's own exit handlers, as a normal exit would run them
     for stream in (sys.stdout, sys.stderr):

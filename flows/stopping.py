@@ -18,11 +18,14 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from compute import stop
-from compute.layout import Layout
 from flows import terminal
-from flows.stages import STAGES
+from flows.stages import NAMES, stages
+
+if TYPE_CHECKING:
+    from compute.layout import Layout
 
 SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
@@ -83,11 +86,10 @@ def handled() -> Iterator[None]:
 def line(stopped: stop.Stopped, layout: Layout) -> str:
     """e.g. `interrupted (Ctrl-C) during features: stage 1 is published, stage 2 is unchanged;
     run again to go on`."""
-    names = list(STAGES)
-    upto = names[: names.index(stopped.stage) + 1] if stopped.stage in STAGES else []
+    upto = NAMES[: NAMES.index(stopped.stage) + 1] if stopped.stage in NAMES else ()
     stands = []
     for name in upto:
-        stage = STAGES[name]
+        stage = stages()[name]
         if name != stopped.stage:
             if stage.is_published(layout):  # an earlier stage this run did not build is not worth a word
                 stands.append(f"{stage.output_name} is published")

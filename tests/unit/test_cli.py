@@ -53,6 +53,31 @@ def test_bad_arguments_fail_with_one_line(tmp_path: Path, args, message: str) ->
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_what_a_command_needs_is_its_stage_output() -> None:
+    from flows import cli
+    from flows.stages import stages
+
+    for name, command in cli.COMMANDS.items():
+        if (needs := command.needs) is not None:
+            made_by = stages()[needs.stage]
+            assert needs.folder in (made_by.output_folder, "models"), name
+
+
+def test_help_and_argument_errors_import_nothing_heavy(tmp_path: Path) -> None:
+    """--help and an argument that cannot be used answer before Ray, Prefect or XGBoost load
+    (python -X importtime lists every module imported)."""
+    heavy = {"ray", "prefect", "xgboost", "bentoml", "pandas"}
+    for args in (["--help"], ["run", "--help"], ["features", "--out", str(tmp_path)],
+                 ["serve", "--out", str(tmp_path)], ["run", "--source", str(tmp_path / "nope")]):  # fmt: skip
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "flows.cli", *args],
+                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+        imported = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                    if line.startswith("import time:")}  # fmt: skip
+        said = done.stdout + done.stderr
+        assert done.returncode in (0, 2) and "stockpipe" in said, (args, done.stderr[-500:])
+        assert not imported & heavy, (args, imported & heavy)
+
+
 def test_unknown_command_is_refused() -> None:
     result = stockpipe("fly")
     assert result.returncode == 2 and "invalid choice" in result.stderr
@@ -67,15 +92,16 @@ def test_the_stages_are_declared_once_and_every_list_of_them_follows() -> None:
     from compute.layout import Layout
     from compute.stop import Stopped
     from flows import cli, pipeline, stopping
-    from flows.stages import STAGES
+    from flows.stages import NAMES, stages
 
-    later = list(STAGES)[1:]
+    assert [stage.name for stage in stages().values()] == list(NAMES)
+    later = list(NAMES)[1:]
     stop_after = inspect.signature(pipeline.stock_pipeline.fn).parameters["stop_after"]
     hinted = typing.get_type_hints(pipeline.stock_pipeline.fn)["stop_after"]
     assert list(typing.get_args(hinted)) == later and stop_after.default == later[-1]
     assert cli.STOP_AFTER.kwargs["choices"] == later
-    assert list(pipeline.PipelineResult.model_fields) == list(STAGES)
-    for name, stage in STAGES.items():
+    assert list(pipeline.PipelineResult.model_fields) == list(NAMES)
+    for name, stage in stages().items():
         stopped = Stopped("interrupted (Ctrl-C)", 130)
         stopped.stage = name
         layout = Layout("/nowhere")

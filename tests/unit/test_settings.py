@@ -67,7 +67,8 @@ def test_a_run_takes_every_setting_its_parameters_leave_out_from_the_environment
 
     import yaml
 
-    from flows import cli, pipeline
+    from compute.layout import Layout
+    from flows import cli, commands, pipeline
 
     for name in Settings.model_fields:
         monkeypatch.setenv(environment_variables(name)[0], changed(name))
@@ -78,8 +79,9 @@ def test_a_run_takes_every_setting_its_parameters_leave_out_from_the_environment
         if command.flow is None:
             continue
         args = cli._parser().parse_args([name])
-        layout = cli.Layout(args.out or Settings().out)
-        assert pipeline.run_settings(cli.flow_parameters(command, args, layout)) == from_environment, name
+        layout = Layout(args.out or Settings().out)
+        parameters = commands.flow_parameters(command, args, layout)
+        assert pipeline.run_settings(parameters) == from_environment, name
 
     deployments = yaml.safe_load((PROJECT_ROOT / "prefect.yaml").read_text())["deployments"]
     for deployment in deployments:
