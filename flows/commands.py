@@ -21,7 +21,7 @@ from compute.settings import PROJECT_ROOT, Settings, environment_variables, get_
 from compute.stages.ingest.sources import SourceError, list_files, open_source
 from flows.cli import OUT, SOURCE, Command, Needs
 from flows.services import exit_now
-from flows.stages import stages
+from flows.stages import stage, stages
 
 __all__ = ["exit_now", "run"]
 
@@ -92,7 +92,7 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     # Ray is started up front only when the first stage surely has work (nothing published yet,
     # or --force); otherwise a stage starts it if it finds work, and an unchanged re-run never does.
     first = command.first_stage
-    ray_too = settings.force or not (first and stages()[first].is_published(layout))
+    ray_too = settings.force or not (first and stage(first).is_published(layout))
     # The flows are imported while Prefect's server and Ray start, instead of after.
     imports = ("flows.pipeline",)
     try:

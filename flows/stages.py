@@ -23,10 +23,12 @@ NAMES = tuple(WHERE)
 
 
 @cache
+def stage(name: str) -> type[Stage[Any, Any]]:
+    """One stage's class (importing its module, and no other stage's)."""
+    module, cls = WHERE[name].split(":")
+    return getattr(import_module(module), cls)
+
+
 def stages() -> dict[str, type[Stage[Any, Any]]]:
-    """The stage classes by name, in order."""
-    found = {}
-    for name, where in WHERE.items():
-        module, cls = where.split(":")
-        found[name] = getattr(import_module(module), cls)
-    return found
+    """Every stage's class by name, in order."""
+    return {name: stage(name) for name in NAMES}
