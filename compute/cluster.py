@@ -22,7 +22,7 @@ from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
 from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
 from compute import stop
-from compute.settings import Settings
+from compute.settings import Settings, set_in_environment
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,7 +90,10 @@ def connect(settings: Settings, progress: Callable[[str], None] = log.info) -> f
         if settings.ray_address:
             _check_reachable(settings.ray_address)
             _check_token(settings.ray_address, _use_token())
-            context = ray.init(address=settings.ray_address, **quiet)
+            # The run's settings reach its tasks there too (a local cluster's workers inherit them).
+            variables = set_in_environment()
+            runtime_env = {"env_vars": variables} if variables else None
+            context = ray.init(address=settings.ray_address, runtime_env=runtime_env, **quiet)
         else:
             _use_token(default=True)
             _lean_processes()

@@ -6,6 +6,7 @@ Each field's description is its documentation: docs/configuration.md is this mod
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,7 @@ class Settings(BaseSettings):
         10,
         ge=1,
         description="attempts at each object-store request, with the AWS SDK's backoff between them "
-        "(25 ms, doubling: about 13 s for 10) on throttling and dropped connections; set it where "
-        "the Ray workers run too",
+        "(25 ms, doubling: about 13 s for 10) on throttling and dropped connections",
     )
 
     # Ray.
@@ -183,6 +183,12 @@ def environment_variables(name: str) -> list[str]:
     if isinstance(alias, AliasChoices):
         return [str(choice) for choice in alias.choices]
     return [f"{ENV_PREFIX}{name.upper()}"]
+
+
+def set_in_environment() -> dict[str, str]:
+    """The settings' own variables (STOCKPIPE_*) that this process's environment sets."""
+    names = {v for field in Settings.model_fields for v in environment_variables(field)}
+    return {k: v for k, v in os.environ.items() if k.upper() in names and k.upper().startswith(ENV_PREFIX)}
 
 
 def shown(value: Any) -> str:

@@ -46,15 +46,17 @@ def resolve(location: str) -> tuple[pafs.FileSystem, str]:
         rebuild, (options,) = fs.__reduce__()
         # The SDK's "default" (legacy) mode: its standard mode also keeps a retry quota per client,
         # which sustained throttling drains until nothing is retried (docs/operations.md).
-        strategy = pafs.AwsDefaultS3RetryStrategy(max_attempts=_s3_attempts())
+        # pyarrow's max_attempts is the SDK's maxRetries: retries after the first attempt.
+        strategy = pafs.AwsDefaultS3RetryStrategy(max_attempts=_s3_attempts() - 1)
         fs = rebuild({**options, "retry_strategy": strategy})
     return fs, path
 
 
 @lru_cache(maxsize=1)
 def _s3_attempts() -> int:
-    """Attempts at each S3 request (the store_attempts setting; pyarrow's own default is 3), with
-    the AWS SDK's backoff between them, 25 ms doubling: about 13 s in all for 10."""
+    """Attempts at each S3 request, the first included (the store_attempts setting; pyarrow's own
+    default is 4), with the AWS SDK's backoff between them, 25 ms doubling: about 13 s in all for
+    10."""
     return get_settings().store_attempts
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -248,8 +249,10 @@ def test_throttling_and_resets_during_a_publish_are_retried_by_the_store_client(
 def test_a_store_that_keeps_failing_ends_in_one_line_and_leaves_the_previous_publish(
     s3: dict[str, Any], ray_session: str | None, prefect_harness: None, tmp_path: Path
 ) -> None:
-    """Every write of a part file answered 503 SlowDown, beyond the client's retries (10, about
-    13 s): one line, exit status 1, and the stage 1 published before is the one readers find."""
+    """Every write of a part file answered 503 SlowDown, beyond the client's retries: one line,
+    exit status 1, and the stage 1 published before is the one readers find. The command sets 3
+    attempts, and its job's tasks on this session's cluster use them (compute/cluster.py), instead
+    of the workers' default 10 (about 13 s a write)."""
     import os
     import subprocess
 
@@ -268,12 +271,15 @@ def test_a_store_that_keeps_failing_ends_in_one_line_and_leaves_the_previous_pub
         return "slow_down" if request.method == "PUT" and "part-" in request.path else None
 
     env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}  # fmt: skip
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "STOCKPIPE_STORE_ATTEMPTS": "3"}  # fmt: skip
     with FaultyProxy(s3["port"], throttled) as proxy:
         command = [sys.executable, "-m", "flows.cli", "ingest", "--force", "--source", str(SAMPLE), "--out",
                    _through(proxy, "runs/failing")]  # fmt: skip
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 1, result.stderr[-3000:]
+    # Each part file's write tried exactly as often as the command said, by whichever worker wrote it.
+    attempts = Counter(path for _fault, method, path in proxy.faults if method == "PUT")
+    assert attempts and set(attempts.values()) == {3}, attempts
     lines = [line for line in result.stderr.splitlines() if line.startswith("stockpipe:")]
     assert len(lines) == 1 and "keeps failing" in lines[0] and "SLOW_DOWN" in lines[0].upper(), lines
     assert "ingest stopped: stage 1 is unchanged; run again once the store answers" in lines[0]
