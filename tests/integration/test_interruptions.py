@@ -369,6 +369,6 @@ def test_a_prefect_server_that_comes_back_is_waited_for_and_one_that_stays_down_
             "type"
         ] != "CRASHED":
             assert time.monotonic() < deadline, state
-            time.sleep(2)
+            time.sleep(0.5)
     finally:
         stop(server)

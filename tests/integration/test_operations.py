@@ -109,7 +109,7 @@ def wait_until_final(env: dict[str, str], run_id: str, timeout: float = 300) -> 
         found = api(env, "GET", f"/flow_runs/{run_id}")
         if found["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             return found
-        time.sleep(2)
+        time.sleep(0.5)
     raise TimeoutError(f"flow run {run_id} not finished after {timeout} s")
 
 
@@ -193,9 +193,13 @@ def ray_node(command: list[str], env: dict[str, str], log: Path) -> subprocess.P
     )
 
 
-def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
-    # Token authentication on, with a token of this test's own shared by every node and the driver.
-    env = {**base_env(tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+def test_flow_runs_on_an_existing_two_node_ray_cluster(prefect_harness: None, tmp_path: Path) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    # Token authentication on, with a token of this test's own shared by every node and the driver;
+    # the session's Prefect server, as a deployment run on a cluster finds one.
+    env = {**base_env(tmp_path), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "PREFECT_API_URL": str(PREFECT_API_URL.value())}  # fmt: skip
     port = free_port()
     address = f"127.0.0.1:{port}"
     count_nodes = [sys.executable, "-c", f"import ray; ray.init(address='{address}', logging_level='ERROR'); "
@@ -222,7 +226,8 @@ def test_flow_runs_on_an_existing_two_node_ray_cluster(tmp_path: Path) -> None:
         assert two_nodes(), f"a Ray node died after joining:\n{(tmp_path / 'w.log').read_text()[-3000:]}"
 
         out = tmp_path / "out"
-        stockpipe = [sys.executable, "-m", "flows.cli", "run", "--out", str(out), "--ray-address", address]
+        stockpipe = [sys.executable, "-m", "flows.cli", "run", "--stop-after", "train", "--out", str(out),
+                     "--ray-address", address]  # fmt: skip
         run(stockpipe, env, timeout=300)
 
         # A node lost mid-stage: its tasks run again on the node that is left, and the output is
