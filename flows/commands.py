@@ -87,7 +87,7 @@ def _run_flow(command: Command, args: argparse.Namespace, layout: Layout) -> int
 
 def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, settings: Settings) -> int:
     from compute.cluster import AuthenticationFailed
-    from flows import services
+    from flows import services, stopping
 
     # Ray is started up front only when the first stage surely has work (nothing published yet,
     # or --force); otherwise a stage starts it if it finds work, and an unchanged re-run never does.
@@ -96,7 +96,8 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     # The flows are imported while Prefect's server and Ray start, instead of after.
     imports = ("flows.pipeline",)
     try:
-        services.start(settings, ray_too=ray_too, imports=imports)
+        with stopping.starting(layout):  # a stop meanwhile ends the process at once
+            services.start(settings, ray_too=ray_too, imports=imports)
         stop.checkpoint()
     except AuthenticationFailed as exc:
         return _fail(str(exc))

@@ -30,13 +30,40 @@ if TYPE_CHECKING:
 SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
+# The output of a command whose Prefect server and Ray are still starting (None: not starting).
+_starting: Layout | None = None
+
+
 def on_signal(signum: int) -> None:
     name = SIGNALS.get(signal.Signals(signum), signal.Signals(signum).name)
-    if not stop.request(stop.Stopped(f"interrupted ({name})", code=128 + signum)):
+    if signum == signal.SIGINT:
+        terminal.ctrl_c_echoed()
+    stopped = stop.Stopped(f"interrupted ({name})", code=128 + signum)
+    if not stop.request(stopped):
         # The second: at once. The kernel releases the run's lock, the children stop with this
         # process, and the next run removes the staging folder.
         terminal.alone(f"{name} again: stopping at once")
         os._exit(128 + signum)
+    if (starting := _starting) is not None:
+        # Nothing is written before the first stage, and Ray's start cannot be cut short in order:
+        # its daemons share the terminal's process group, a Ctrl-C kills some of them as they
+        # start, and ray.init then fails with their log or waits a minute. So: at once. Ray's
+        # daemons end with this process (their parent-death signal), Prefect's temporary server
+        # with its watcher (flows/services.py), and the kernel releases the output's lock.
+        terminal.alone(line(stopped, starting))
+        os._exit(stopped.code)
+
+
+@contextmanager
+def starting(layout: Layout) -> Iterator[None]:
+    """While the block starts Prefect's server and Ray for a command on `layout`, a stop ends the
+    process at once, with its one line."""
+    global _starting
+    _starting = layout
+    try:
+        yield
+    finally:
+        _starting = None
 
 
 def _noted(_signum: int, _frame: FrameType | None) -> None:

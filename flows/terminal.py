@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import termios
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -69,3 +70,17 @@ def alone(line: str) -> None:
     if live is not None and live[0]._lock.acquire(timeout=1.0) and live[0].console.is_interactive:
         os.write(live[1], f"{RESTORE}\n".encode())
     os.write(2, f"stockpipe: {line}\n".encode())
+
+
+def ctrl_c_echoed() -> None:
+    """A terminal that echoes control characters has written `^C` where its cursor was. Unless a
+    bar is live (its next frame, or `alone`, ends that line), end the line there, so that what the
+    command writes next starts on a line of its own, as a shell's prompt does after a Ctrl-C."""
+    if _live is not None or not os.isatty(2):
+        return
+    try:
+        flags = termios.tcgetattr(2)[3]
+    except termios.error:
+        return
+    if flags & termios.ECHO and flags & termios.ECHOCTL:
+        os.write(2, b"\n")

@@ -22,7 +22,7 @@ import pytest
 
 from harness.procs import free_port, start_server, stop
 from harness.proctree import marked
-from harness.terminal import DRAWING, Terminal, last_said, left_as_found, said
+from harness.terminal import DRAWING, Terminal, last_said, left_as_found, plain, said
 from tests.conftest import ERROR_LOOKING, SAMPLE, leftovers
 from tests.integration.test_faults import stage_files
 
@@ -110,6 +110,33 @@ def test_ctrl_c_in_a_terminal_stops_the_run_in_order_and_the_next_one_finishes(
     assert "reused: ingest, features, forecast" in again.stdout
     for stage in ("stage1", "stage2", "quarantine", "forecast_inputs"):
         assert stage_files(out, stage) == stage_files(sample_run["out"], stage), stage
+    nothing_left(env)
+
+
+@pytest.mark.parametrize("daemon", ["gcs_server", "dashboard.py"])
+def test_ctrl_c_while_prefect_and_ray_start_ends_at_once_in_one_line(daemon: str, tmp_path: Path) -> None:
+    """Ctrl-C typed as soon as the command's Ray has started `daemon` (its first, and the
+    dashboard, whose death by the terminal's SIGINT made ray.init fail with its log or wait a
+    minute): exit status 130 at once, one line, the terminal as found, nothing left running."""
+    out, env = tmp_path / "out", clean_env()
+    terminal = Terminal([*STOCKPIPE, "run", "--out", str(out)], env)
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in marked(MARK, env[MARK]) if daemon in " ".join(p.cmdline())]:
+            assert time.monotonic() < deadline and not terminal.exited(), terminal.text[-2000:]
+            time.sleep(0.05)
+        terminal.interrupt()
+        code = terminal.wait(timeout=30)
+    finally:
+        terminal.kill()
+    text = terminal.text
+    assert code == 130, (code, text[-3000:])
+    assert said(text) == ["stockpipe: interrupted (Ctrl-C) before any stage began; run again to go on"], text
+    assert last_said(text) == said(text)[0]
+    left_as_found(text)
+    no_error_lines(text)
+    assert "ingest" not in plain(text)
+    assert not leftovers(out)
     nothing_left(env)
 
 
