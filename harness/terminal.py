@@ -23,6 +23,12 @@ class Terminal:
         if self.pid == 0:  # the child: a new session whose controlling terminal is the pty
             if cwd:
                 os.chdir(cwd)
+            # As a shell starts a foreground command: every signal's default action. An ignored
+            # signal stays ignored across exec (a job started in the background by a
+            # non-interactive shell ignores SIGINT; Python ignores SIGPIPE), and Python keeps an
+            # ignored SIGINT ignored, so a Ctrl-C would not end the command as it ends a person's.
+            for number in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+                signal.signal(number, signal.SIG_DFL)
             os.execvpe(command[0], command, env)
         self.output = b""
         self.status: int | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -27,6 +28,11 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "stockpipe-test")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A private BentoML model and Bento store for the test session, never the user's ~/bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="stockpipe-bentoml-")
+# Started as a background job by a non-interactive shell, this process ignores SIGINT, and so would
+# every process it starts (an ignored signal stays ignored across exec): the servers and workers
+# the tests start, and then stop with a Ctrl-C's SIGINT, must get it as from a person's shell.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Imported once the environment above is set.
 from compute import download
