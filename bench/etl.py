@@ -15,6 +15,10 @@ stockpipe runs cold first (`stockpipe run` starts everything itself), then twice
 `prefect server` and a `ray start --head` cluster started beforehand, as a deployment run finds
 them (`--skip warm` leaves that out). `--train` then trains on that output (`stockpipe train`,
 cold, measured the same way): its time, Ray Train's share of it, and its peak memory.
+
+Each stockpipe command's phases come from the same run (compute/timeline.py): when its own
+imports were done, Prefect's temporary server answered, Ray was up, the flow began, the first Ray
+task came back, the flow ended, and everything was stopped, in seconds from the command's start.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from compute.schema import META_FILE, META_SYMBOL_COLUMN
+from compute.settings import environment_variables
 from compute.stages.ingest.sources import list_files, open_source
 from harness.procs import free_port, spawn, start_server, stop
 from harness.proctree import measure
@@ -128,6 +133,26 @@ def warm_cluster(work: Path) -> Iterator[dict[str, str]]:
         stop(prefect)
 
 
+def timed(
+    command: list[str], work: Path, env: dict[str, str] | None = None
+) -> tuple[int, float, int, list[tuple[str, float]]]:
+    """measure(command), and its phases: (phase, seconds from the start) in the order they ended."""
+    timeline = work / f"timeline-{secrets.token_hex(4)}.jsonl"
+    env = {**(env if env is not None else os.environ), environment_variables("timeline")[0]: str(timeline)}
+    started = time.time()
+    code, wall, peak = measure(command, env=env)
+    marks = [json.loads(line) for line in timeline.read_text().splitlines()] if timeline.exists() else []
+    return code, wall, peak, [(m["phase"], m["at"] - started) for m in marks] + [("exit", wall)]
+
+
+def print_phases(title: str, phases: list[tuple[str, float]]) -> None:
+    print(f"{title}: phases, seconds from the command's start (and since the phase before)")
+    before = 0.0
+    for phase, at in phases:
+        print(f"  {phase:12} {at:6.2f}  (+{at - before:.2f})")
+        before = at
+
+
 def csv_stats(folder: Path) -> tuple[int, int]:
     files = [*folder.glob("stocks/*.csv"), *folder.glob("etfs/*.csv")]
     return len(files), sum(f.stat().st_size for f in files)
@@ -152,7 +177,7 @@ def main() -> None:
     try:
         out = work / "stockpipe"
         command = [env_python, "-m", "flows.cli", "run", "--stop-after", "features"]
-        code, wall, peak = measure([*command, "--source", str(folder), "--out", str(out)])
+        code, wall, peak, cold_phases = timed([*command, "--source", str(folder), "--out", str(out)], work)
         if code != 0:
             raise SystemExit(f"stockpipe run failed with {code}")
         ingest = json.loads((out / "reports" / "ingest.json").read_text())
@@ -166,13 +191,14 @@ def main() -> None:
         rows.append(("stockpipe run, cold, whole command", wall, peak, ""))
         if args.train:
             training = train(env_python, out)
+        warm_phases: list[tuple[str, float]] = []
         if "warm" not in args.skip:
             with warm_cluster(work) as env:
                 # Twice: on a cluster nothing ran on yet, then after one run (each run is a new
                 # Ray job, with new worker processes, so the second is not warmer by much).
                 for attempt in ("first", "second"):
-                    code, wall, _ = measure(
-                        [*command, "--force", "--source", str(folder), "--out", str(out)], env=env
+                    code, wall, _, warm_phases = timed(
+                        [*command, "--force", "--source", str(folder), "--out", str(out)], work, env
                     )
                     if code != 0:
                         raise SystemExit(f"stockpipe run (warm) failed with {code}")
@@ -203,6 +229,9 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    print_phases("stockpipe run, cold", cold_phases)
+    if warm_phases:
+        print_phases("stockpipe run, warm (second run)", warm_phases)
     by_name = {name: seconds for name, seconds, _, _ in rows}
     cold = by_name["stockpipe run, cold, whole command"]
     print(f"{'':42} {'seconds':>8} {'rows/s':>12} {'MB/s':>7} {'peak MiB':>9}")

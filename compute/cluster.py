@@ -21,7 +21,7 @@ from ray._raylet import Config as RayConfig
 from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
 from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
-from compute import stop
+from compute import stop, timeline
 from compute.settings import Settings, set_in_environment
 
 log = logging.getLogger(__name__)
@@ -270,6 +270,8 @@ def fan_out(
     while pending:
         stop.checkpoint()  # half a second apart at most: a stop cuts a fan-out short
         done, pending = ray.wait(pending, num_returns=min(len(pending), 4), timeout=stop.POLL_SECONDS * 2)
+        if done:
+            timeline.mark("first-task")
         for ref in done:
             node, results[index[ref]] = ray.get(ref)
             nodes[node] += 1

@@ -58,6 +58,12 @@ class Settings(BaseSettings):
         "answering before it stops, with exit status 75",
     )
 
+    timeline: Path | None = Field(
+        None,
+        description="a file where each command appends the time each of its phases ended (start-up, "
+        "first task, shutdown) as JSON lines, for bench/etl.py (compute/timeline.py)",
+    )
+
     store_attempts: int = Field(
         10,
         ge=1,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from compute import download, locations, lock, publish, stop, storage
+from compute import download, locations, lock, publish, stop, storage, timeline
 from compute.download import DownloadError
 from compute.layout import MODEL_FILE, Layout
 from compute.settings import PROJECT_ROOT, Settings, environment_variables, get_settings
@@ -89,6 +89,7 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     from compute.cluster import AuthenticationFailed
     from flows import services, stopping
 
+    timeline.mark("imports")
     # Ray is started up front only when the first stage surely has work (nothing published yet,
     # or --force); otherwise a stage starts it if it finds work, and an unchanged re-run never does.
     first = command.first_stage
@@ -114,6 +115,7 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     with services.prefect_api():
         flow = getattr(pipeline, command.flow)
         state = flow(**flow_parameters(command, args, layout), return_state=True)
+    timeline.mark("flow-end")
     if (stopped := stop.requested()) is not None:
         return _stopped(stopped, layout, state.message)
     try:

@@ -19,7 +19,7 @@ from prefect.states import Cancelled, Failed, State
 from pydantic import BaseModel
 
 from bento.stage import Package, PackageResult
-from compute import download, lock, stage, stop
+from compute import download, lock, stage, stop, timeline
 from compute.errors import is_transient
 from compute.layout import Layout
 from compute.settings import Settings, get_settings
@@ -177,6 +177,7 @@ class Stages:
 def _holding(settings: Settings) -> Iterator[Stages]:
     """The output's lock for the whole flow run (another run on it waits, or fails at once), and
     SIGINT and SIGTERM stopping it in order (flows/stopping.py)."""
+    timeline.mark("flow")
     stopping.quiet_stop_lines()
     with (
         stopping.handled(),

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import NoReturn
 
+from compute import timeline
 from compute.settings import Settings
 
 _server: PrefectServer | None = None
@@ -140,6 +141,7 @@ def start(settings: Settings, ray_too: bool, imports: tuple[str, ...] = ()) -> N
             from compute import cluster
 
             cluster.connect(settings, progress=lambda _: None)  # the stages announce the dashboard
+            timeline.mark("ray")
     finally:
         thread.join()
 
@@ -243,6 +245,7 @@ def exit_now(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         with suppress(Exception):
             stream.flush()
+    timeline.mark("shutdown")
     os._exit(code)
 
 
@@ -268,9 +271,11 @@ def _prefect_and_imports(imports: tuple[str, ...]) -> None:
     for name in imports:  # while the server starts
         with suppress(Exception):  # raised again where the module is next imported
             importlib.import_module(name)
+    timeline.mark("flow-imports")
     if server is not None:
         try:
             server.wait()
             _server = server
+            timeline.mark("prefect")
         except Exception:
             server.stop()

@@ -3,6 +3,7 @@ warning when symbols lack metadata, and one line, at once, for a Ray cluster tha
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -53,11 +54,19 @@ def test_a_terminal_gets_a_progress_bar_per_stage_and_a_pipe_plain_lines(
             stage
         )
 
-    piped = subprocess.run(
-        command, env=stockpipe_env(), capture_output=True, text=True, timeout=120, check=True
-    )
+    # Piped, and with a timeline (bench/etl.py's): every phase once, in the order they happen.
+    timeline = tmp_path / "timeline.jsonl"
+    env = {**stockpipe_env(), "STOCKPIPE_TIMELINE": str(timeline)}
+    piped = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=True)
     assert BAR not in piped.stdout + piped.stderr
     assert "ingest: 6/6 tasks done" in piped.stderr and "features: 6/6 tasks done" in piped.stderr
+    marks = [json.loads(line) for line in timeline.read_text().splitlines()]
+    phases = [m["phase"] for m in marks]
+    # Prefect's server is configured here, so its phase is not waited for; Ray and the flows'
+    # imports start side by side, in either order.
+    assert phases[0] == "imports" and sorted(phases[1:3]) == ["flow-imports", "ray"]
+    assert phases[3:] == ["flow", "first-task", "flow-end", "shutdown"]
+    assert [m["at"] for m in marks] == sorted(m["at"] for m in marks)
 
 
 def test_symbols_without_metadata_are_warned_about_in_the_summary(
