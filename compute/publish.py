@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import errno
+import functools
 import hashlib
 import importlib.util
 import json
@@ -54,13 +55,23 @@ def code_modules(root: str) -> list[str]:
         if name in found or (path := _source(name)) is None:
             continue
         found[name] = path
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                todo += [alias.name for alias in node.names if alias.name.split(".")[0] == package]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == package:
-                # `from a.b import c`: c is a module of a.b, or a name in it (then _source finds none).
-                todo += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        stat = path.stat()
+        todo += [n for n in _imported(path, stat.st_mtime_ns, stat.st_size) if n.split(".")[0] == package]
     return sorted(found)
+
+
+@functools.cache
+def _imported(path: Path, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+    """The modules a source file imports, and `from a.b import c`'s a.b.c (c is a module of a.b,
+    or a name in it: then _source finds none). Cached while the file is unchanged: every stage
+    reads mostly the same modules (five stages parsed them 0.5 s a run)."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return tuple(names)
 
 
 def _source(module: str) -> Path | None:
