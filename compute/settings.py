@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         "(25 ms, doubling: about 13 s for 10) on throttling and dropped connections",
     )
 
+    home: Path = Field(
+        Path("~/.stockpipe"),
+        validate_default=True,
+        description="where `stockpipe up` keeps the state and logs of the Prefect server and Ray "
+        "cluster it starts for later commands",
+    )
+
     # Ray.
     ray_address: str | None = Field(
         None,
@@ -172,7 +179,7 @@ class Settings(BaseSettings):
     def _location(cls, out: str | Path) -> str:
         return normalize(out)  # Ray workers do not share the driver's working directory
 
-    @field_validator("download_dir")
+    @field_validator("download_dir", "home")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         return path.expanduser().resolve()

@@ -19,6 +19,7 @@ from compute.download import DownloadError
 from compute.layout import MODEL_FILE, Layout
 from compute.settings import PROJECT_ROOT, Settings, environment_variables, get_settings
 from compute.stages.ingest.sources import SourceError, list_files, open_source
+from flows import lasting
 from flows.cli import OUT, SOURCE, Command, Needs
 from flows.services import exit_now
 from flows.stages import stage, stages
@@ -72,7 +73,10 @@ def run(command: Command, args: argparse.Namespace) -> int:
 def _run_flow(command: Command, args: argparse.Namespace, layout: Layout) -> int:
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
+    # `stockpipe up`'s Ray cluster, unless one is given: as if RAY_ADDRESS named it.
+    up = lasting.found(get_settings().home)
+    if up is not None and not (args.ray_address or get_settings().ray_address):
+        os.environ["RAY_ADDRESS"] = up.ray_address
     settings = get_settings(
         ray_address=args.ray_address, force=args.force or None, wait=False if args.no_wait else None
     )
@@ -80,12 +84,18 @@ def _run_flow(command: Command, args: argparse.Namespace, layout: Layout) -> int
         with lock.hold(
             layout.root, wait=settings.wait, say=lambda line: print(line, file=sys.stderr, flush=True)
         ):
-            return _start_and_run(command, args, layout, settings)
+            return _start_and_run(command, args, layout, settings, up)
     except lock.OutputBusy as exc:
         return _fail(f"{exc}; wait for it to finish, or leave out --no-wait to wait for it")
 
 
-def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, settings: Settings) -> int:
+def _start_and_run(
+    command: Command,
+    args: argparse.Namespace,
+    layout: Layout,
+    settings: Settings,
+    up: lasting.Services | None,
+) -> int:
     from compute.cluster import AuthenticationFailed
     from flows import services, stopping
 
@@ -98,7 +108,7 @@ def _start_and_run(command: Command, args: argparse.Namespace, layout: Layout, s
     imports = ("flows.pipeline",)
     try:
         with stopping.starting(layout):  # a stop meanwhile ends the process at once
-            services.start(settings, ray_too=ray_too, imports=imports)
+            services.start(settings, ray_too=ray_too, imports=imports, up=up)
         stop.checkpoint()
     except AuthenticationFailed as exc:
         return _fail(str(exc))
@@ -322,7 +332,18 @@ def _download(args: argparse.Namespace, _layout: Layout) -> int:
     return 0
 
 
+def _up(_args: argparse.Namespace, _layout: Layout) -> int:
+    settings = get_settings()
+    return lasting.up(settings.home, settings.dashboard_host, settings.dashboard_port)
+
+
+def _down(_args: argparse.Namespace, _layout: Layout) -> int:
+    return lasting.down(get_settings().home)
+
+
 ACTIONS: dict[str, Action] = {
+    "up": _up,
+    "down": _down,
     "models": _models,
     "promote": _promote,
     "rollback": _rollback,

@@ -34,8 +34,10 @@ from typing import NoReturn
 
 from compute import timeline
 from compute.settings import Settings
+from flows import lasting
 
 _server: PrefectServer | None = None
+_api: str | None = None  # the API URL `start` chose: its temporary server's, or `stockpipe up`'s
 
 # Runs a module as `python -m` would, and ends it once its parent is gone: out of the command's
 # process group, the server would outlive a command killed by SIGKILL.
@@ -126,15 +128,19 @@ class PrefectServer:
             process.wait()
 
 
-def start(settings: Settings, ray_too: bool, imports: tuple[str, ...] = ()) -> None:
-    """Start Prefect's temporary server (unless a server is configured) and import `imports` on a
-    thread while this thread starts or joins Ray (when `ray_too`); return when all are done.
-    Ray's errors are raised. A server that cannot start is left to the flow's own attempt, which
-    then says why."""
+def start(
+    settings: Settings, ray_too: bool, imports: tuple[str, ...] = (), up: lasting.Services | None = None
+) -> None:
+    """Start Prefect's temporary server (unless a server is configured, or `up`, the services of
+    `stockpipe up`, has one) and import `imports` on a thread while this thread starts or joins
+    Ray (when `ray_too`); return when all are done. Ray's errors are raised. A server that cannot
+    start is left to the flow's own attempt, which then says why."""
     # Prefect's client retries a call 5 times by default, about 30 s in all: past that, a server
     # that is away for a minute fails the run with tracebacks before watch_api has its say.
     os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
-    thread = threading.Thread(target=_prefect_and_imports, args=(imports,), name="prefect-start", daemon=True)
+    thread = threading.Thread(
+        target=_prefect_and_imports, args=(imports, up), name="prefect-start", daemon=True
+    )
     thread.start()
     try:
         if ray_too:
@@ -144,18 +150,22 @@ def start(settings: Settings, ray_too: bool, imports: tuple[str, ...] = ()) -> N
             timeline.mark("ray")
     finally:
         thread.join()
+    if up is not None and (_api == up.prefect_api or settings.ray_address == up.ray_address):
+        print(lasting.note(up, _api == up.prefect_api, settings.ray_address == up.ray_address),
+              file=sys.stderr, flush=True)  # fmt: skip
 
 
 @contextmanager
 def prefect_api() -> Iterator[None]:
-    """Prefect's client pointed at the server `start` started, if it did."""
-    if _server is None:
+    """Prefect's client pointed at the server `start` chose, if it chose one."""
+    if _api is None:
         yield
         return
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
-    # No UI URL: the server serves no UI, so Prefect must not print links to one.
-    with temporary_settings(updates={PREFECT_API_URL: _server.url, PREFECT_UI_URL: ""}):
+    # The temporary server serves no UI, so Prefect must not print links to one.
+    ui = "" if _server is not None else _api.removesuffix("/api")
+    with temporary_settings(updates={PREFECT_API_URL: _api, PREFECT_UI_URL: ui}):
         yield
 
 
@@ -170,7 +180,7 @@ def watch_api(out: str, wait_seconds: float) -> None:
     again in time is as if it had never gone."""
     from prefect.settings import PREFECT_API_URL
 
-    url = _server.url if _server is not None else str(PREFECT_API_URL.value() or "")
+    url = _api or str(PREFECT_API_URL.value() or "")
     if url:
         threading.Thread(
             target=_watch, args=(url, out, wait_seconds), name="prefect-api-watch", daemon=True
@@ -259,13 +269,17 @@ def _stop_prefect() -> None:
         _server.stop()
 
 
-def _prefect_and_imports(imports: tuple[str, ...]) -> None:
+def _prefect_and_imports(imports: tuple[str, ...], up: lasting.Services | None) -> None:
     # One thread for both, so that two threads never import Prefect's modules at once.
-    global _server
+    global _server, _api
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     server = None
-    if not PREFECT_API_URL.value() and PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+    if PREFECT_API_URL.value():
+        pass  # configured: the flow talks to it
+    elif up is not None:
+        _api = up.prefect_api
+    elif PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         server = PrefectServer()
         server.spawn()
     for name in imports:  # while the server starts
@@ -275,7 +289,7 @@ def _prefect_and_imports(imports: tuple[str, ...]) -> None:
     if server is not None:
         try:
             server.wait()
-            _server = server
+            _server, _api = server, server.url
             timeline.mark("prefect")
         except Exception:
             server.stop()

@@ -28,6 +28,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "stockpipe-test")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 # A private BentoML model and Bento store for the test session, never the user's ~/bentoml.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="stockpipe-bentoml-")
+# Never the services a person's `stockpipe up` left running: every command here starts its own,
+# or joins the session's (tests/integration/test_lasting.py starts and stops its own).
+os.environ["STOCKPIPE_HOME"] = tempfile.mkdtemp(prefix="stockpipe-home-")
 # Started as a background job by a non-interactive shell, this process ignores SIGINT, and so would
 # every process it starts (an ignored signal stays ignored across exec): the servers and workers
 # the tests start, and then stop with a Ctrl-C's SIGINT, must get it as from a person's shell.
@@ -103,3 +106,4 @@ def _no_stop_left() -> Iterator[None]:
 def _private_bentoml_home() -> Iterator[None]:
     yield
     shutil.rmtree(os.environ["BENTOML_HOME"], ignore_errors=True)
+    shutil.rmtree(os.environ["STOCKPIPE_HOME"], ignore_errors=True)
