@@ -11,10 +11,10 @@ A zip is unpacked once (safely: only stocks/, etfs/ and the metadata) into bench
 (AAPL -> AAPL.R1, AAPL.R2, ...). Every run is its own process; memory is the peak PSS of its whole
 process tree (for stockpipe: driver, Prefect's server, Ray's daemons and workers).
 
-stockpipe runs cold first (`stockpipe run` starts everything itself), then twice warm: against a
-`prefect server` and a `ray start --head` cluster started beforehand, as a deployment run finds
-them (`--skip warm` leaves that out). `--train` then trains on that output (`stockpipe train`,
-cold, measured the same way): its time, Ray Train's share of it, and its peak memory.
+stockpipe runs cold first (`stockpipe run` starts everything itself), then twice warm: with
+`stockpipe up`'s Prefect server and Ray cluster (`--skip warm` leaves that out). `--train` then
+trains on that output (`stockpipe train`, cold, measured the same way): its time, Ray Train's
+share of it, and its peak memory.
 
 Each stockpipe command's phases come from the same run (compute/timeline.py): when its own
 imports were done, Prefect's temporary server answered, Ray was up, the flow began, the first Ray
@@ -40,7 +40,6 @@ from pathlib import Path
 from compute.schema import META_FILE, META_SYMBOL_COLUMN
 from compute.settings import environment_variables
 from compute.stages.ingest.sources import list_files, open_source
-from harness.procs import free_port, spawn, start_server, stop
 from harness.proctree import measure
 
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -93,44 +92,17 @@ def scaled(folder: Path, scale: int) -> Path:
 
 @contextmanager
 def warm_cluster(work: Path) -> Iterator[dict[str, str]]:
-    """A running Prefect server and Ray cluster on loopback, as a deployment run finds them; yields
-    the environment that points stockpipe at both. Both are stopped by process group."""
-    bin_dir = Path(sys.executable).parent
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "RAY_ADDRESS"))}
-    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", RAY_USAGE_STATS_ENABLED="0",
-               RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
-               PREFECT_HOME=str(work / "prefect-home"),
-               PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{work / 'prefect.db'}")  # fmt: skip
-    port = free_port()
-    prefect_command = [
-        str(bin_dir / "prefect"),
-        "server",
-        "start",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    url, prefect = start_server(prefect_command, port, work / "prefect.log", "/api/health", env)
-    ray_port = free_port()
-    ray_command = [
-        *(str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1"),
-        *("--port", str(ray_port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(free_port())),
-        *("--dashboard-agent-listen-port", str(free_port()), "--ray-client-server-port", str(free_port())),
-    ]
-    ray = spawn(ray_command, work / "ray.log", env)
+    """`stockpipe up`'s Prefect server and Ray cluster, private to the bench (its own STOCKPIPE_HOME
+    and PREFECT_HOME); yields the environment in which stockpipe commands use them. `stockpipe
+    down` stops them."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "RAY_ADDRESS"))}
+    env.update(STOCKPIPE_HOME=str(work / "stockpipe-home"), PREFECT_HOME=str(work / "prefect-home"))
+    command = [sys.executable, "-m", "flows.cli"]
+    subprocess.run([*command, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
-        env.update(PREFECT_API_URL=f"{url}/api", RAY_ADDRESS=f"127.0.0.1:{ray_port}")
-        probe = [sys.executable, "-c", "import ray; ray.init(logging_level='ERROR')"]
-        deadline = time.monotonic() + 120
-        while subprocess.run(probe, env=env, capture_output=True, timeout=60, check=False).returncode:
-            if ray.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Ray did not start:\n{(work / 'ray.log').read_text()[-3000:]}")
-            time.sleep(1)
         yield env
     finally:
-        stop(ray)
-        stop(prefect)
+        subprocess.run([*command, "down"], env=env, check=True, stdout=subprocess.DEVNULL)
 
 
 def timed(
