@@ -143,9 +143,20 @@ class StopLines(logging.Filter):
         return True
 
 
+class DrainNotes(logging.Filter):
+    """Prefect's `Still processing items: 1 items remaining...`, which its log and event senders
+    write at WARNING whenever they are drained (the flow's end sends its logs before its final
+    state; the command's exit sends the rest) with anything still queued: progress, not a
+    problem, and the run goes on to send them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
 def quiet_stop_lines() -> None:
-    """Install StopLines on Prefect's run loggers (once)."""
-    for name in ("prefect.task_runs", "prefect.flow_runs"):
+    """Install StopLines on Prefect's run loggers, and DrainNotes on its senders' (once)."""
+    for name, kind in [("prefect.task_runs", StopLines), ("prefect.flow_runs", StopLines),
+                       ("APILogWorker", DrainNotes), ("EventsWorker", DrainNotes)]:  # fmt: skip
         logger = logging.getLogger(name)
-        if not any(isinstance(f, StopLines) for f in logger.filters):
-            logger.addFilter(StopLines())
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
