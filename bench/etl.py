@@ -106,13 +106,13 @@ def warm_cluster(work: Path) -> Iterator[dict[str, str]]:
 
 
 def timed(
-    command: list[str], work: Path, env: dict[str, str] | None = None
+    command: list[str], work: Path, env: dict[str, str] | None = None, memory: bool = True
 ) -> tuple[int, float, int, list[tuple[str, float]]]:
     """measure(command), and its phases: (phase, seconds from the start) in the order they ended."""
     timeline = work / f"timeline-{secrets.token_hex(4)}.jsonl"
     env = {**(env if env is not None else os.environ), environment_variables("timeline")[0]: str(timeline)}
     started = time.time()
-    code, wall, peak = measure(command, env=env)
+    code, wall, peak = measure(command, env=env, memory=memory)
     marks = [json.loads(line) for line in timeline.read_text().splitlines()] if timeline.exists() else []
     return code, wall, peak, [(m["phase"], m["at"] - started) for m in marks] + [("exit", wall)]
 

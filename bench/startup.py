@@ -27,7 +27,7 @@ def runs(label: str, count: int, command: list[str], work: Path, env: dict[str, 
     every: list[dict[str, float]] = []
     for attempt in range(count):
         out = work / f"out-{label}-{attempt}"
-        code, _, _, phases = timed([*command, "--out", str(out)], work, env)
+        code, _, _, phases = timed([*command, "--out", str(out)], work, env, memory=False)
         if code != 0:
             raise SystemExit(f"stockpipe run ({label}) failed with {code}")
         print_phases(f"{label}, run {attempt + 1}", phases)
