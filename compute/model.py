@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xgboost as xgb
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from compute import arrays, publish
@@ -25,6 +24,9 @@ from compute.layout import METADATA_FILE, MODEL_FILE
 from compute.metrics import Metrics
 from compute.schema import FEATURE_COLUMNS, TARGET_COLUMN
 from compute.storage import join, read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 MODEL_NAME = "stock-volume"  # in the BentoML model store
 TARGET_TRANSFORM = "ratio_to_vol_moving_avg"
@@ -169,6 +171,8 @@ def read_published(model_dir: str, attempts: int = 5) -> tuple[bytes, ModelCard]
 
 
 def booster(model: bytes) -> xgb.Booster:
+    import xgboost as xgb  # here: a flow's driver imports this module long before it needs XGBoost
+
     loaded = xgb.Booster()
     loaded.load_model(bytearray(model))
     return loaded

@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import xgboost as xgb
 
 from compute.stages.forecast.calendar import FACTS, Calendar
 from compute.stages.forecast.inputs import LAGS, MEANS, SPREAD
+
+if TYPE_CHECKING:
+    import xgboost as xgb
 
 QUANTILES = (0.1, 0.5, 0.9)
 BASE = "mean10"
@@ -133,6 +135,8 @@ class Fitted:
 
 
 def fit(rows: Rows, xgb_params: dict[str, Any], rounds: int) -> Fitted:
+    import xgboost as xgb  # here: the driver imports this module for its types, not to fit
+
     started = time.perf_counter()
     known = ~np.isnan(rows.actual)
     target = np.log1p(rows.actual[known]) - rows.base[known]
