@@ -30,7 +30,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from compute import timeline
 from compute.settings import Settings
@@ -161,11 +161,21 @@ def prefect_api() -> Iterator[None]:
     if _api is None:
         yield
         return
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_UI_URL,
+        temporary_settings,
+    )
 
-    # The temporary server serves no UI, so Prefect must not print links to one.
-    ui = "" if _server is not None else _api.removesuffix("/api")
-    with temporary_settings(updates={PREFECT_API_URL: _api, PREFECT_UI_URL: ui}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: _api, PREFECT_UI_URL: _api.removesuffix("/api")}
+    if _server is not None:
+        # The temporary server serves no UI, so Prefect must not print links to one. Nor does any
+        # process watch its flow runs' heartbeats, which tell a lasting server that a run's process
+        # is alive; and Prefect's heartbeat thread, which sleeps a second at a time, held the end
+        # of every flow run for up to a second while Prefect waited for it to notice the end.
+        updates |= {PREFECT_UI_URL: "", PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    with temporary_settings(updates=updates):
         yield
 
 
