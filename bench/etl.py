@@ -91,15 +91,17 @@ def scaled(folder: Path, scale: int) -> Path:
 
 
 @contextmanager
-def warm_cluster(work: Path) -> Iterator[dict[str, str]]:
+def warm_cluster(work: Path, settle: float = 30.0) -> Iterator[dict[str, str]]:
     """`stockpipe up`'s Prefect server and Ray cluster, private to the bench (its own STOCKPIPE_HOME
-    and PREFECT_HOME); yields the environment in which stockpipe commands use them. `stockpipe
-    down` stops them."""
+    and PREFECT_HOME); yields the environment in which stockpipe commands use them, `settle`
+    seconds after they answer: in its first half minute the Prefect server still starts its
+    services, and the first runs took 2-3 s longer on two cores. `stockpipe down` stops them."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API_URL", "RAY_ADDRESS"))}
     env.update(STOCKPIPE_HOME=str(work / "stockpipe-home"), PREFECT_HOME=str(work / "prefect-home"))
     command = [sys.executable, "-m", "flows.cli"]
     subprocess.run([*command, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
+        time.sleep(settle)
         yield env
     finally:
         subprocess.run([*command, "down"], env=env, check=True, stdout=subprocess.DEVNULL)
