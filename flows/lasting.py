@@ -114,7 +114,11 @@ def _start(home: Path, dashboard_host: str, dashboard_port: int) -> Services | i
     bin_dir = Path(sys.executable).parent
     if cluster.token() is None:  # a stock `ray start` with authentication on refuses to start without one
         generate = [str(bin_dir / "ray"), "get-auth-token", "--generate"]
-        subprocess.run(generate, capture_output=True, check=True)
+        made = subprocess.run(generate, capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            said = (made.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"stockpipe: error: `ray get-auth-token --generate` failed ({said})", file=sys.stderr)
+            return 1
     cluster.lean_processes()  # what a command's own local cluster gets
     marker = secrets.token_hex(8)
     env = {
