@@ -74,8 +74,9 @@ def _run_flow(command: Command, args: argparse.Namespace, layout: Layout) -> int
     # Prefect's analytics would try to reach the internet; import it only once arguments are valid.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # `stockpipe up`'s Ray cluster, unless one is given: as if RAY_ADDRESS named it.
-    up = lasting.found(get_settings().home)
-    if up is not None and not (args.ray_address or get_settings().ray_address):
+    environment = get_settings()
+    up = lasting.found(environment.home)
+    if up is not None and not (args.ray_address or environment.ray_address):
         os.environ["RAY_ADDRESS"] = up.ray_address
     settings = get_settings(
         ray_address=args.ray_address, force=args.force or None, wait=False if args.no_wait else None

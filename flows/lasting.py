@@ -88,7 +88,7 @@ def up(home: Path, dashboard_host: str, dashboard_port: int) -> int:
         services = _start(home, dashboard_host, dashboard_port)
         if isinstance(services, int):
             return services
-    print("up: every stockpipe command on this machine now uses them, until `stockpipe down`:")
+    print(f"up: every stockpipe command with {home} as its STOCKPIPE_HOME uses them, until `stockpipe down`:")
     print("\n".join(services.listing()))
     return 0
 
